@@ -1,0 +1,91 @@
+"""Entry point: the command group, and the one place library errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+import replicator
+from replicator.errors import ConfigError, FormatError, ReplicatorError, StorageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Stable exit codes for scripts: 1 generic failure, 2 usage (click's own), then one per problem class.
+EXIT_CODES: list[tuple[type[ReplicatorError], int]] = [
+    (ConfigError, 2),
+    (StorageError, 3),
+    (FormatError, 4),
+    (ReplicatorError, 1),
+]
+
+
+class ReplicatorGroup(click.Group):
+    """Turns expected failures into one line on stderr and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ReplicatorError as exc:
+            click.echo(f"error: {exc}", err=True)
+            code = next(c for kind, c in EXIT_CODES if isinstance(exc, kind))
+            sys.exit(code)
+
+
+@click.group(cls=ReplicatorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(replicator.__version__, prog_name="replicator")
+def cli() -> None:
+    """Replicate SQLite databases to object storage and restore them to any point in time."""
+
+
+@cli.command()
+def version() -> None:
+    """Print the versions of replicator, SQLite (apsw) and the segment format."""
+    import apsw
+
+    from replicator.segment import FORMAT_VERSION
+
+    click.echo(f"replicator {replicator.__version__}")
+    click.echo(f"sqlite {apsw.sqlite_lib_version()} (apsw {apsw.apsw_version()})")
+    click.echo(f"segment format {FORMAT_VERSION}")
+
+
+def _not_yet(issue: int) -> None:
+    raise click.ClickException(f"this command is not built yet (tracked in issue #{issue})")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def replicate(args: tuple[str, ...]) -> None:
+    """Tail a database's WAL and ship committed transactions to one or more replicas."""
+    _not_yet(3)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def restore(args: tuple[str, ...]) -> None:
+    """Rebuild a database from a replica, at its latest state or a point in time."""
+    _not_yet(4)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def generations(args: tuple[str, ...]) -> None:
+    """List the generations in a replica."""
+    _not_yet(4)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def snapshots(args: tuple[str, ...]) -> None:
+    """List the snapshots in a replica."""
+    _not_yet(4)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def wal(args: tuple[str, ...]) -> None:
+    """List the WAL segments in a replica."""
+    _not_yet(4)

@@ -1,0 +1,483 @@
+"""The container shipped to a replica: segments (committed transactions) and snapshots (a database image).
+
+docs/FORMAT.md describes every byte. In short: a 72-byte header that says everything a planner needs
+(kind, generation, txid range, page size, db size, commit times, counts) and carries its own CRC32, then
+one zstd frame (with content size and content checksum), then a 16-byte trailer holding the body length
+and a CRC32 over header and body. Readers verify all three and raise CorruptSegment naming the object.
+
+Rules:
+1. Content is verified from its own bytes, never trusted from a key name or from object metadata.
+2. Encoding and decoding stream: memory stays bounded by one page (plus zstd's window) whatever the size.
+3. Pages handed out by the reader are provisional until iteration ends without an error: the trailer is
+   checked last, so a consumer must not publish its output before then.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import zstandard
+
+from .errors import CorruptSegment, UnsupportedFormatVersion
+
+MAGIC = b"RPLC"
+TRAILER_MAGIC = b"RPLE"
+FORMAT_VERSION = 1
+HEADER_SIZE = 72
+TRAILER_SIZE = 16
+COMMIT_HEADER_SIZE = 24
+DEFAULT_LEVEL = 1
+
+_HEADER = struct.Struct(">4sHBBIIQQQQQII4x")  # everything but the trailing CRC32
+_TRAILER = struct.Struct(">4sQI")
+_COMMIT = struct.Struct(">QQII")
+_IMAGE_CHUNK = 1 << 20
+_U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
+
+Buffer = bytes | bytearray | memoryview
+
+
+class Kind(enum.IntEnum):
+    SEGMENT = 1
+    SNAPSHOT = 2
+
+
+class Writable(Protocol):
+    def write(self, data: Buffer, /) -> object: ...
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    """What an object covers. For a snapshot, first_txid == last_txid and page_count == db_size."""
+
+    kind: Kind
+    page_size: int
+    db_size: int  # pages in the database after the last commit
+    generation: int
+    first_txid: int
+    last_txid: int
+    first_time_us: (
+        int  # wall-clock time of the first commit, microseconds since the Unix epoch
+    )
+    last_time_us: int
+    commit_count: int
+    page_count: int
+
+    def __post_init__(self) -> None:
+        problem = _header_problem(self)
+        if problem:
+            raise ValueError(f"invalid segment header: {problem}")
+
+    @property
+    def content_size(self) -> int:
+        """Bytes of the uncompressed body."""
+        if self.kind is Kind.SNAPSHOT:
+            return self.page_count * self.page_size
+        return self.commit_count * COMMIT_HEADER_SIZE + self.page_count * (
+            4 + self.page_size
+        )
+
+    def pack(self) -> bytes:
+        head = _HEADER.pack(
+            MAGIC,
+            FORMAT_VERSION,
+            self.kind,
+            0,
+            self.page_size,
+            self.db_size,
+            self.generation,
+            self.first_txid,
+            self.last_txid,
+            self.first_time_us,
+            self.last_time_us,
+            self.commit_count,
+            self.page_count,
+        )
+        return head + struct.pack(">I", zlib.crc32(head))
+
+
+def _header_problem(h: SegmentHeader) -> str | None:
+    if h.page_size < 512 or h.page_size > 65536 or h.page_size & (h.page_size - 1):
+        return f"page size {h.page_size}"
+    if (
+        not 0 <= h.db_size <= _U32
+        or not 0 <= h.page_count <= _U32
+        or not 0 <= h.commit_count <= _U32
+    ):
+        return "count out of range"
+    if not all(
+        0 <= v <= _U64
+        for v in (h.generation, h.first_txid, h.last_txid, h.first_time_us)
+    ):
+        return "field out of range"
+    if not h.first_txid <= h.last_txid:
+        return f"txid range {h.first_txid}..{h.last_txid} is reversed"
+    if not 0 <= h.first_time_us <= h.last_time_us <= _U64:
+        return "commit times are reversed"
+    if h.kind is Kind.SNAPSHOT:
+        if (
+            h.first_txid != h.last_txid
+            or h.commit_count != 0
+            or h.page_count != h.db_size
+        ):
+            return "a snapshot covers one txid, has no commit records and holds db_size pages"
+        if h.first_time_us != h.last_time_us:
+            return "a snapshot has one time"
+    elif h.commit_count < 1 or h.commit_count > h.last_txid - h.first_txid + 1:
+        return (
+            f"{h.commit_count} commits cannot cover txids {h.first_txid}..{h.last_txid}"
+        )
+    return None
+
+
+def parse_header(data: Buffer, name: str) -> SegmentHeader:
+    """Decode and verify the fixed header (the first HEADER_SIZE bytes of an object)."""
+    mv = memoryview(data).cast("B")
+    if len(mv) < HEADER_SIZE:
+        raise CorruptSegment(
+            name, f"truncated header ({len(mv)} of {HEADER_SIZE} bytes)"
+        )
+    if bytes(mv[:4]) != MAGIC:
+        raise CorruptSegment(name, "not a replicator object (bad magic)")
+    (crc,) = struct.unpack_from(">I", mv, HEADER_SIZE - 4)
+    if zlib.crc32(mv[: HEADER_SIZE - 4]) != crc:
+        raise CorruptSegment(name, "header checksum mismatch")
+    fields = _HEADER.unpack_from(mv)
+    version, kind, flags = fields[1], fields[2], fields[3]
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormatVersion(
+            name,
+            f"format version {version} is not supported (this build reads {FORMAT_VERSION}); upgrade",
+        )
+    if kind not in (Kind.SEGMENT, Kind.SNAPSHOT) or flags != 0:
+        raise CorruptSegment(name, f"unknown kind {kind} or flags {flags:#x}")
+    try:
+        return SegmentHeader(Kind(kind), *fields[4:])
+    except ValueError as exc:
+        raise CorruptSegment(name, str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """A commit record: the pages that change, with the state they produce."""
+
+    txid: int
+    time_us: int
+    db_size: int
+    pgnos: tuple[int, ...]  # strictly increasing, each in 1..db_size
+
+
+class _ChecksummingWriter:
+    """Counts and CRCs the compressed body on its way to the destination."""
+
+    def __init__(self, out: Writable, seed_crc: int) -> None:
+        self.out = out
+        self.crc = (
+            seed_crc  # continues the header's CRC, so the result covers header + body
+        )
+        self.length = 0
+
+    def write(self, data: Buffer) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        self.length += len(data)
+        self.out.write(data)
+        return len(data)
+
+
+class SegmentWriter:
+    """Streams one object to `out`. Declare everything in the header; the body must then match it."""
+
+    def __init__(
+        self,
+        out: Writable,
+        header: SegmentHeader,
+        *,
+        level: int = DEFAULT_LEVEL,
+        threads: int = 0,
+    ):
+        self.header = header
+        head = header.pack()
+        out.write(head)
+        self._out = out
+        self._body = _ChecksummingWriter(out, zlib.crc32(head))
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, threads=threads, write_checksum=True, write_content_size=True
+        )
+        cctx = zstandard.ZstdCompressor(compression_params=params)
+        self._zstd = cctx.stream_writer(
+            self._body, size=header.content_size, closefd=False
+        )
+        self._commits = 0
+        self._pages = 0
+        self._last: Commit | None = None
+        self._closed = False
+
+    def write_commit(self, commit: Commit, pages: Iterable[Buffer]) -> None:
+        """One commit record; `pages` are the images of commit.pgnos, in order (any chunking)."""
+        h = self.header
+        if h.kind is not Kind.SEGMENT:
+            raise ValueError("snapshots hold an image, not commit records")
+        self._check_commit(commit)
+        n = len(commit.pgnos)
+        self._zstd.write(_COMMIT.pack(commit.txid, commit.time_us, commit.db_size, n))
+        self._zstd.write(struct.pack(f">{n}I", *commit.pgnos))
+        written = 0
+        for page in pages:
+            written += len(page)
+            self._zstd.write(page)
+        if written != n * h.page_size:
+            raise ValueError(
+                f"commit {commit.txid}: {written} page bytes for {n} pages"
+            )
+        self._commits += 1
+        self._pages += n
+        self._last = commit
+
+    def _check_commit(self, c: Commit) -> None:
+        h, last = self.header, self._last
+        if self._commits == 0 and (
+            c.txid < h.first_txid or c.time_us != h.first_time_us
+        ):
+            raise ValueError("first commit must start the header's txid and time range")
+        if last is not None and (c.txid <= last.txid or c.time_us < last.time_us):
+            raise ValueError("commit txids must increase and times must not go back")
+        if c.txid > h.last_txid or c.time_us > h.last_time_us:
+            raise ValueError("commit beyond the header's txid or time range")
+        if any(b <= a for a, b in zip(c.pgnos, c.pgnos[1:], strict=False)):
+            raise ValueError("page numbers must strictly increase")
+        if c.pgnos and (c.pgnos[0] < 1 or c.pgnos[-1] > c.db_size):
+            raise ValueError(f"page numbers must lie in 1..{c.db_size}")
+
+    def write_image(self, data: Buffer) -> None:
+        """The next bytes of a snapshot's database image (whole pages, in page order)."""
+        if self.header.kind is not Kind.SNAPSHOT:
+            raise ValueError("segments hold commit records, not an image")
+        if len(data) % self.header.page_size:
+            raise ValueError("snapshot image must be written in whole pages")
+        self._pages += len(data) // self.header.page_size
+        self._zstd.write(data)
+
+    def close(self) -> None:
+        """Finish the zstd frame and write the trailer; raises if the body does not match the header."""
+        if self._closed:
+            return
+        h = self.header
+        if self._commits != h.commit_count or self._pages != h.page_count:
+            raise ValueError(
+                f"body has {self._commits} commits and {self._pages} pages; "
+                f"header declared {h.commit_count} and {h.page_count}"
+            )
+        last = self._last
+        if last is not None and (last.txid, last.time_us, last.db_size) != (
+            h.last_txid,
+            h.last_time_us,
+            h.db_size,
+        ):
+            raise ValueError(
+                "last commit must end the header's txid and time range at its db size"
+            )
+        self._zstd.close()
+        self._out.write(_TRAILER.pack(TRAILER_MAGIC, self._body.length, self._body.crc))
+        self._closed = True
+
+
+def encode(
+    header: SegmentHeader,
+    commits: Iterable[tuple[Commit, Iterable[Buffer]]] = (),
+    image: Buffer = b"",
+    *,
+    level: int = DEFAULT_LEVEL,
+) -> bytes:
+    """One-shot encoding into memory: for small objects and tests."""
+    out = io.BytesIO()
+    writer = SegmentWriter(out, header, level=level)
+    if header.kind is Kind.SNAPSHOT:
+        writer.write_image(image)
+    for commit, pages in commits:
+        writer.write_commit(commit, pages)
+    writer.close()
+    return out.getvalue()
+
+
+class _BodyReader:
+    """Hands out the bytes between header and trailer, holding back the last TRAILER_SIZE bytes read.
+
+    The trailer is fixed-size at the very end, so a stream of unknown length can be split without a seek.
+    """
+
+    def __init__(self, source: Readable, seed_crc: int) -> None:
+        self._source = source
+        self._buf = bytearray()
+        self._eof = False
+        self.crc = seed_crc
+        self.length = 0
+
+    def read(self, size: int = -1) -> bytes:
+        want = _IMAGE_CHUNK if size < 0 else size
+        while not self._eof and len(self._buf) < want + TRAILER_SIZE:
+            chunk = self._source.read(
+                max(want + TRAILER_SIZE - len(self._buf), 64 << 10)
+            )
+            if not chunk:
+                self._eof = True
+            self._buf += chunk
+        out = bytes(self._buf[: max(0, min(want, len(self._buf) - TRAILER_SIZE))])
+        del self._buf[: len(out)]
+        self.crc = zlib.crc32(out, self.crc)
+        self.length += len(out)
+        return out
+
+    def trailer(self) -> bytes:
+        """The held-back bytes, once the body has been read to its end."""
+        while not self._eof:
+            chunk = self._source.read(64 << 10)
+            if not chunk:
+                self._eof = True
+            self._buf += chunk
+        return bytes(self._buf)
+
+
+class SegmentReader:
+    """Streams and verifies one object. Iterate commits() (segments) or image() (snapshots) to the end."""
+
+    def __init__(self, source: Readable, name: str) -> None:
+        self.name = name
+        head = _read_exact(source, HEADER_SIZE)
+        self.header = parse_header(head, name)
+        self._body = _BodyReader(source, zlib.crc32(head))
+        dctx = zstandard.ZstdDecompressor()
+        self._zstd = dctx.stream_reader(
+            self._body, read_size=256 << 10, read_across_frames=False
+        )
+        self._remaining = self.header.content_size
+
+    def _read(self, n: int, what: str) -> bytes:
+        try:
+            data = self._zstd.read(n)
+            while len(data) < n:
+                more = self._zstd.read(n - len(data))
+                if not more:
+                    break
+                data += more
+        except zstandard.ZstdError as exc:
+            raise CorruptSegment(
+                self.name, f"compressed body is damaged ({exc})"
+            ) from None
+        if len(data) < n:
+            raise CorruptSegment(
+                self.name, f"body ends inside {what} (truncated object?)"
+            )
+        self._remaining -= n
+        return data
+
+    def commits(self) -> Iterator[tuple[Commit, Iterator[tuple[int, bytes]]]]:
+        """Yield (commit, pages) per commit record; pages yields (pgno, image). Unread pages are skipped."""
+        h = self.header
+        if h.kind is not Kind.SEGMENT:
+            raise CorruptSegment(self.name, "expected a segment, found a snapshot")
+        last: Commit | None = None
+        for index in range(h.commit_count):
+            txid, time_us, db_size, n = _COMMIT.unpack(
+                self._read(COMMIT_HEADER_SIZE, "a commit header")
+            )
+            if n > self._remaining // (4 + h.page_size):
+                raise CorruptSegment(
+                    self.name,
+                    f"commit {txid} claims {n} pages, more than the body holds",
+                )
+            pgnos = struct.unpack(f">{n}I", self._read(4 * n, "a page list"))
+            commit = Commit(txid, time_us, db_size, pgnos)
+            self._check(commit, last, index)
+            pages = self._pages(commit)
+            yield commit, pages
+            for _ in pages:  # skip whatever the consumer did not read
+                pass
+            last = commit
+        self._finish()
+
+    def _pages(self, commit: Commit) -> Iterator[tuple[int, bytes]]:
+        for pgno in commit.pgnos:
+            yield (
+                pgno,
+                self._read(
+                    self.header.page_size, f"page {pgno} of commit {commit.txid}"
+                ),
+            )
+
+    def _check(self, c: Commit, last: Commit | None, index: int) -> None:
+        h = self.header
+        problem = None
+        if index == 0 and (c.txid < h.first_txid or c.time_us != h.first_time_us):
+            problem = "first commit does not start the header's range"
+        elif last is not None and (c.txid <= last.txid or c.time_us < last.time_us):
+            problem = "commits out of order"
+        elif c.txid > h.last_txid or c.time_us > h.last_time_us:
+            problem = "commit beyond the header's range"
+        elif index == h.commit_count - 1 and (c.txid, c.time_us, c.db_size) != (
+            h.last_txid,
+            h.last_time_us,
+            h.db_size,
+        ):
+            problem = "last commit does not end the header's range"
+        elif any(b <= a for a, b in zip(c.pgnos, c.pgnos[1:], strict=False)) or (
+            c.pgnos and (c.pgnos[0] < 1 or c.pgnos[-1] > c.db_size)
+        ):
+            problem = "page numbers out of order or out of range"
+        if problem:
+            raise CorruptSegment(self.name, f"commit {c.txid}: {problem}")
+
+    def image(self, chunk_size: int = _IMAGE_CHUNK) -> Iterator[bytes]:
+        """Yield a snapshot's database image in chunks of whole pages."""
+        h = self.header
+        if h.kind is not Kind.SNAPSHOT:
+            raise CorruptSegment(self.name, "expected a snapshot, found a segment")
+        step = max(h.page_size, chunk_size - chunk_size % h.page_size)
+        while self._remaining:
+            yield self._read(min(step, self._remaining), "the database image")
+        self._finish()
+
+    def _finish(self) -> None:
+        try:
+            extra = self._zstd.read(1)
+            rest = self._body.read(1)
+        except zstandard.ZstdError as exc:
+            raise CorruptSegment(
+                self.name, f"compressed body is damaged ({exc})"
+            ) from None
+        if extra or rest:
+            raise CorruptSegment(self.name, "unexpected bytes after the body")
+        trailer = self._body.trailer()
+        if len(trailer) != TRAILER_SIZE:
+            raise CorruptSegment(self.name, "truncated trailer")
+        magic, length, crc = _TRAILER.unpack(trailer)
+        if magic != TRAILER_MAGIC:
+            raise CorruptSegment(
+                self.name, "bad trailer magic (truncated or damaged object)"
+            )
+        if length != self._body.length:
+            raise CorruptSegment(
+                self.name, f"body is {self._body.length} bytes, trailer says {length}"
+            )
+        if crc != self._body.crc:
+            raise CorruptSegment(self.name, "checksum mismatch")
+
+
+def _read_exact(source: Readable, n: int) -> bytes:
+    data = source.read(n)
+    while len(data) < n:
+        more = source.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data

@@ -1,0 +1,99 @@
+"""The storage-shaped protocol every replica backend implements, and helpers written once over it.
+
+Keys are relative to the client's root ("generations/..."), '/'-separated, and never start with '/' or
+contain '.'-leading segments: check_key() enforces that in every backend, so a key read from a bucket can
+never escape the root of a directory replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol, runtime_checkable
+
+Body = (
+    bytes | BinaryIO
+)  # a file object must be seekable, so that a retry can send it again
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+@runtime_checkable
+class ReplicaClient(Protocol):
+    """Five operations: all that replication, restore and retention need from an object store."""
+
+    @property
+    def url(self) -> str:
+        """Where this client points, safe to print (never includes credentials)."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose key starts with `prefix`, in lexical key order. A missing root lists nothing."""
+        ...
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Up to `length` bytes from `offset` (to the end if None); b"" at or past the end.
+
+        Raises ObjectNotFound when the object does not exist.
+        """
+        ...
+
+    def put(self, key: str, body: Body) -> None:
+        """Store an object atomically: readers see the old object, the whole new one, or none."""
+        ...
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete objects; keys that do not exist are ignored."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the root or collide with a backend's temporary names."""
+    parts = key.split("/")
+    if (
+        not key
+        or key.startswith("/")
+        or any(not p or p.startswith(".") for p in parts)
+        or "\\" in key
+    ):
+        raise ValueError(f"invalid object key {key!r}")
+    return key
+
+
+class ObjectReader:
+    """A read-only file object over an object, fetched in ranged chunks: bounded memory for any size."""
+
+    def __init__(
+        self, client: ReplicaClient, key: str, chunk_size: int = 8 << 20
+    ) -> None:
+        self._client = client
+        self._key = key
+        self._chunk = chunk_size
+        self._offset = 0
+        self._buf = b""
+        self._eof = False
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            parts = [self._buf]
+            self._buf = b""
+            while not self._eof:
+                parts.append(self._fetch())
+            return b"".join(parts)
+        while len(self._buf) < size and not self._eof:
+            self._buf += self._fetch()
+        out, self._buf = self._buf[:size], self._buf[size:]
+        return out
+
+    def _fetch(self) -> bytes:
+        data = self._client.get(self._key, self._offset, self._chunk)
+        self._offset += len(data)
+        if len(data) < self._chunk:
+            self._eof = True
+        return data

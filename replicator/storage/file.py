@@ -1,0 +1,129 @@
+"""A replica in a local directory (or a mounted volume): write to a temporary name, fsync, rename."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ..errors import (
+    ObjectNotFound,
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
+from .base import Body, ObjectInfo, check_key
+
+_TEMP_PREFIX = ".tmp-"  # never a valid key segment, so never listed
+
+
+class FileClient:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only below the deepest directory the prefix names.
+        head, _, _ = prefix.rpartition("/")
+        start = self.root.joinpath(*head.split("/")) if head else self.root
+        found: list[ObjectInfo] = []
+        with _classified(f"list {self.url}/{prefix}"):
+            for dirpath, dirnames, filenames in os.walk(start):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                rel = Path(dirpath).relative_to(self.root).as_posix()
+                for name in filenames:
+                    if name.startswith("."):
+                        continue
+                    key = name if rel == "." else f"{rel}/{name}"
+                    if key.startswith(prefix):
+                        found.append(
+                            ObjectInfo(
+                                key, os.stat(os.path.join(dirpath, name)).st_size
+                            )
+                        )
+        found.sort(key=lambda o: o.key)
+        return iter(found)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(key)
+        with _classified(f"get {self.url}/{key}"), open(path, "rb") as f:
+            f.seek(offset)
+            return f.read() if length is None else f.read(length)
+
+    def put(self, key: str, body: Body) -> None:
+        path = self._path(key)
+        with _classified(f"put {self.url}/{key}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    if isinstance(body, bytes):
+                        f.write(body)
+                    else:
+                        shutil.copyfileobj(body, f, 1 << 20)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+            _fsync_dir(path.parent)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            with _classified(f"delete {self.url}/{key}"):
+                try:
+                    self._path(key).unlink()
+                except FileNotFoundError:
+                    pass
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _classified:
+    """Turn OSError into the storage error classes, naming the operation."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
+        if not isinstance(exc, OSError):
+            return False
+        detail = exc.strerror or str(exc)
+        error: StorageError
+        if isinstance(exc, FileNotFoundError):
+            error = ObjectNotFound(f"{self.what}: no such object")
+        elif exc.errno in (
+            errno.EACCES,
+            errno.EPERM,
+            errno.EROFS,
+            errno.ENOTDIR,
+            errno.EISDIR,
+        ):
+            error = PermanentStorageError(f"{self.what}: {detail}")
+        else:  # ENOSPC, EIO, EINTR...: may clear up
+            error = TransientStorageError(f"{self.what}: {detail}")
+        raise error from exc

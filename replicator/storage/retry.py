@@ -1,0 +1,84 @@
+"""Retries with exponential backoff and full jitter, for any ReplicaClient: the only place that retries."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+from ..errors import TransientStorageError
+from .base import Body, ObjectInfo, ReplicaClient
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RetryingClient:
+    """Retries TransientStorageError up to `attempts` times in all; other errors pass straight through."""
+
+    def __init__(
+        self,
+        inner: ReplicaClient,
+        *,
+        attempts: int = 6,
+        base_delay: float = 0.2,
+        max_delay: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self.inner = inner
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._sleep = sleep
+        self._jitter = jitter
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    def _call(
+        self, fn: Callable[[], T], before_retry: Callable[[], None] | None = None
+    ) -> T:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except TransientStorageError as exc:
+                if attempt == self.attempts:
+                    raise
+                delay = self._jitter() * min(
+                    self.max_delay, self.base_delay * 2 ** (attempt - 1)
+                )
+                log.warning(
+                    "%s; retry %d/%d in %.2fs", exc, attempt, self.attempts - 1, delay
+                )
+                self._sleep(delay)
+                if before_retry is not None:
+                    before_retry()
+        raise AssertionError("unreachable")
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter(self._call(lambda: list(self.inner.list(prefix))))
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self._call(lambda: self.inner.get(key, offset, length))
+
+    def put(self, key: str, body: Body) -> None:
+        if isinstance(body, bytes):
+            self._call(lambda: self.inner.put(key, body))
+            return
+        start = body.tell()
+        self._call(
+            lambda: self.inner.put(key, body), before_retry=lambda: body.seek(start)
+        )
+
+    def delete(self, keys: Iterable[str]) -> None:
+        batch = list(keys)
+        self._call(lambda: self.inner.delete(batch))
+
+    def exists(self, key: str) -> bool:
+        return self._call(lambda: self.inner.exists(key))

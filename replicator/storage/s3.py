@@ -1,0 +1,246 @@
+"""S3 and S3-compatible stores (AWS, MinIO, R2, B2, Ceph RGW) through boto3.
+
+Endpoint, region and credentials come from boto3's usual chain (AWS_ENDPOINT_URL, AWS_REGION,
+AWS_ACCESS_KEY_ID, profiles, instance roles...), or from `?endpoint=`/`?region=` on the replica URL.
+botocore's own retries are switched off: RetryingClient is the single place that retries, and this module
+only classifies each failure as not-found, permanent or transient.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import boto3.exceptions
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from ..errors import (
+    ObjectNotFound,
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
+from .base import Body, ObjectInfo, check_key
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client as Boto3S3Client
+
+DELETE_BATCH = 1000  # S3's limit per DeleteObjects; Ceph RGW answers 400 above it
+_MULTIPART_THRESHOLD = 64 << 20
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_TRANSIENT = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+}
+_CREDENTIALS = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "403",
+    "ExpiredToken",
+}
+
+
+class S3Client:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        list_page_size: int = 1000,
+        client: Boto3S3Client | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._page_size = list_page_size
+        self._client = client or _make_client(endpoint_url, region)
+        self._transfer = TransferConfig(
+            multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=16 << 20
+        )
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(
+            Bucket=self.bucket,
+            Prefix=self.prefix + prefix,
+            PaginationConfig={"PageSize": self._page_size},
+        )
+        with _classified(f"list {self.url}{prefix}"):
+            found = [
+                ObjectInfo(obj["Key"][len(self.prefix) :], obj["Size"])
+                for page in pages
+                for obj in page.get("Contents", [])
+            ]
+        return iter(found)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self.prefix + check_key(key),
+        }
+        if length == 0:
+            return b""
+        if offset or length is not None:
+            args["Range"] = f"bytes={offset}-" + (
+                "" if length is None else str(offset + length - 1)
+            )
+        with _classified(f"get {self.url}{key}"):
+            try:
+                response = self._client.get_object(**args)
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) == "InvalidRange":  # offset at or past the end
+                    return b""
+                raise
+            body: bytes = response["Body"].read()
+            return body
+
+    def put(self, key: str, body: Body) -> None:
+        full = self.prefix + check_key(key)
+        with _classified(f"put {self.url}{key}"):
+            if isinstance(body, bytes):
+                self._client.put_object(Bucket=self.bucket, Key=full, Body=body)
+            else:
+                self._client.upload_fileobj(
+                    body, self.bucket, full, Config=self._transfer
+                )
+
+    def delete(self, keys: Iterable[str]) -> None:
+        batch = [self.prefix + check_key(k) for k in keys]
+        for i in range(0, len(batch), DELETE_BATCH):
+            chunk = batch[i : i + DELETE_BATCH]
+            with _classified(f"delete {len(chunk)} objects from {self.url}"):
+                response = self._client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+                )
+            errors = [
+                e for e in response.get("Errors", []) if e.get("Code") != "NoSuchKey"
+            ]
+            if errors:
+                first = errors[0]
+                raise TransientStorageError(
+                    f"delete from {self.url}: {len(errors)} objects not deleted, "
+                    f"e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip()
+                )
+
+    def exists(self, key: str) -> bool:
+        with _classified(f"head {self.url}{key}"):
+            try:
+                self._client.head_object(
+                    Bucket=self.bucket, Key=self.prefix + check_key(key)
+                )
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) in _NOT_FOUND:
+                    return False
+                raise
+        return True
+
+
+def _make_client(endpoint_url: str | None, region: str | None) -> Boto3S3Client:
+    custom_endpoint = (
+        endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+    )
+    config = Config(
+        retries={"max_attempts": 1, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=60,
+        # Path-style addressing for custom endpoints (MinIO, Ceph, moto on an IP address).
+        s3={"addressing_style": "path"} if custom_endpoint else {},
+        # Only send checksums when required: R2 and older S3-compatibles reject the newer defaults.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint_url, region_name=region, config=config
+    )
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "")) or str(
+        exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+    )
+
+
+class _classified:
+    """Map botocore failures to ObjectNotFound / PermanentStorageError / TransientStorageError."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
+        if exc is None or isinstance(exc, StorageError):
+            return False
+        error = classify(self.what, exc)
+        if error is None:
+            return False
+        raise error from exc
+
+
+def classify(what: str, exc: BaseException) -> StorageError | None:
+    """The storage error for a botocore exception, or None if it is not one we know."""
+    if (
+        isinstance(exc, boto3.exceptions.S3UploadFailedError)
+        and exc.__context__ is not None
+    ):
+        return classify(
+            what, exc.__context__
+        )  # s3transfer re-raises the ClientError as text
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = _code(exc)
+        status = int(
+            exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0
+        )
+        message = str(exc.response.get("Error", {}).get("Message", "") or "").strip()
+        detail = f"{code} {message}".strip() if message and message != code else code
+        if code == "NoSuchBucket":
+            return PermanentStorageError(
+                f"{what}: bucket does not exist; create it or fix the replica URL"
+            )
+        if code in _NOT_FOUND:
+            return ObjectNotFound(f"{what}: no such object")
+        if code in _CREDENTIALS:
+            return PermanentStorageError(
+                f"{what}: access denied ({detail}); check the AWS credentials"
+            )
+        if code in _TRANSIENT or status >= 500 or status == 429:
+            return TransientStorageError(f"{what}: {detail} (HTTP {status})")
+        return PermanentStorageError(f"{what}: {detail} (HTTP {status})")
+    if isinstance(
+        exc,
+        botocore.exceptions.NoCredentialsError
+        | botocore.exceptions.PartialCredentialsError,
+    ):
+        return PermanentStorageError(
+            f"{what}: no AWS credentials found; set AWS_ACCESS_KEY_ID and friends"
+        )
+    if isinstance(exc, botocore.exceptions.ParamValidationError):
+        return PermanentStorageError(f"{what}: invalid request ({exc})")
+    if isinstance(
+        exc, botocore.exceptions.BotoCoreError | ConnectionError | TimeoutError
+    ):
+        return TransientStorageError(f"{what}: {type(exc).__name__}: {exc}")
+    return None
