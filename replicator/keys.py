@@ -58,9 +58,7 @@ class SegmentKey:
 
     def __post_init__(self) -> None:
         if self.first_txid > self.last_txid:
-            raise ValueError(
-                f"segment txid range {self.first_txid}..{self.last_txid} is reversed"
-            )
+            raise ValueError(f"segment txid range {self.first_txid}..{self.last_txid} is reversed")
 
     @property
     def key(self) -> str:

@@ -20,7 +20,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import IO, Protocol, cast
 
 import zstandard
 
@@ -67,9 +67,7 @@ class SegmentHeader:
     generation: int
     first_txid: int
     last_txid: int
-    first_time_us: (
-        int  # wall-clock time of the first commit, microseconds since the Unix epoch
-    )
+    first_time_us: int  # wall-clock time of the first commit, microseconds since the Unix epoch
     last_time_us: int
     commit_count: int
     page_count: int
@@ -84,9 +82,7 @@ class SegmentHeader:
         """Bytes of the uncompressed body."""
         if self.kind is Kind.SNAPSHOT:
             return self.page_count * self.page_size
-        return self.commit_count * COMMIT_HEADER_SIZE + self.page_count * (
-            4 + self.page_size
-        )
+        return self.commit_count * COMMIT_HEADER_SIZE + self.page_count * (4 + self.page_size)
 
     def pack(self) -> bytes:
         head = _HEADER.pack(
@@ -110,34 +106,21 @@ class SegmentHeader:
 def _header_problem(h: SegmentHeader) -> str | None:
     if h.page_size < 512 or h.page_size > 65536 or h.page_size & (h.page_size - 1):
         return f"page size {h.page_size}"
-    if (
-        not 0 <= h.db_size <= _U32
-        or not 0 <= h.page_count <= _U32
-        or not 0 <= h.commit_count <= _U32
-    ):
+    if not 0 <= h.db_size <= _U32 or not 0 <= h.page_count <= _U32 or not 0 <= h.commit_count <= _U32:
         return "count out of range"
-    if not all(
-        0 <= v <= _U64
-        for v in (h.generation, h.first_txid, h.last_txid, h.first_time_us)
-    ):
+    if not all(0 <= v <= _U64 for v in (h.generation, h.first_txid, h.last_txid, h.first_time_us)):
         return "field out of range"
     if not h.first_txid <= h.last_txid:
         return f"txid range {h.first_txid}..{h.last_txid} is reversed"
     if not 0 <= h.first_time_us <= h.last_time_us <= _U64:
         return "commit times are reversed"
     if h.kind is Kind.SNAPSHOT:
-        if (
-            h.first_txid != h.last_txid
-            or h.commit_count != 0
-            or h.page_count != h.db_size
-        ):
+        if h.first_txid != h.last_txid or h.commit_count != 0 or h.page_count != h.db_size:
             return "a snapshot covers one txid, has no commit records and holds db_size pages"
         if h.first_time_us != h.last_time_us:
             return "a snapshot has one time"
     elif h.commit_count < 1 or h.commit_count > h.last_txid - h.first_txid + 1:
-        return (
-            f"{h.commit_count} commits cannot cover txids {h.first_txid}..{h.last_txid}"
-        )
+        return f"{h.commit_count} commits cannot cover txids {h.first_txid}..{h.last_txid}"
     return None
 
 
@@ -145,9 +128,7 @@ def parse_header(data: Buffer, name: str) -> SegmentHeader:
     """Decode and verify the fixed header (the first HEADER_SIZE bytes of an object)."""
     mv = memoryview(data).cast("B")
     if len(mv) < HEADER_SIZE:
-        raise CorruptSegment(
-            name, f"truncated header ({len(mv)} of {HEADER_SIZE} bytes)"
-        )
+        raise CorruptSegment(name, f"truncated header ({len(mv)} of {HEADER_SIZE} bytes)")
     if bytes(mv[:4]) != MAGIC:
         raise CorruptSegment(name, "not a replicator object (bad magic)")
     (crc,) = struct.unpack_from(">I", mv, HEADER_SIZE - 4)
@@ -183,9 +164,7 @@ class _ChecksummingWriter:
 
     def __init__(self, out: Writable, seed_crc: int) -> None:
         self.out = out
-        self.crc = (
-            seed_crc  # continues the header's CRC, so the result covers header + body
-        )
+        self.crc = seed_crc  # continues the header's CRC, so the result covers header + body
         self.length = 0
 
     def write(self, data: Buffer) -> int:
@@ -215,9 +194,8 @@ class SegmentWriter:
             level, threads=threads, write_checksum=True, write_content_size=True
         )
         cctx = zstandard.ZstdCompressor(compression_params=params)
-        self._zstd = cctx.stream_writer(
-            self._body, size=header.content_size, closefd=False
-        )
+        # zstandard's stubs ask for IO[bytes]; it only ever calls write().
+        self._zstd = cctx.stream_writer(cast(IO[bytes], self._body), size=header.content_size, closefd=False)
         self._commits = 0
         self._pages = 0
         self._last: Commit | None = None
@@ -237,18 +215,14 @@ class SegmentWriter:
             written += len(page)
             self._zstd.write(page)
         if written != n * h.page_size:
-            raise ValueError(
-                f"commit {commit.txid}: {written} page bytes for {n} pages"
-            )
+            raise ValueError(f"commit {commit.txid}: {written} page bytes for {n} pages")
         self._commits += 1
         self._pages += n
         self._last = commit
 
     def _check_commit(self, c: Commit) -> None:
         h, last = self.header, self._last
-        if self._commits == 0 and (
-            c.txid < h.first_txid or c.time_us != h.first_time_us
-        ):
+        if self._commits == 0 and (c.txid < h.first_txid or c.time_us != h.first_time_us):
             raise ValueError("first commit must start the header's txid and time range")
         if last is not None and (c.txid <= last.txid or c.time_us < last.time_us):
             raise ValueError("commit txids must increase and times must not go back")
@@ -284,10 +258,8 @@ class SegmentWriter:
             h.last_time_us,
             h.db_size,
         ):
-            raise ValueError(
-                "last commit must end the header's txid and time range at its db size"
-            )
-        self._zstd.close()
+            raise ValueError("last commit must end the header's txid and time range at its db size")
+        self._zstd.flush(zstandard.FLUSH_FRAME)
         self._out.write(_TRAILER.pack(TRAILER_MAGIC, self._body.length, self._body.crc))
         self._closed = True
 
@@ -326,9 +298,7 @@ class _BodyReader:
     def read(self, size: int = -1) -> bytes:
         want = _IMAGE_CHUNK if size < 0 else size
         while not self._eof and len(self._buf) < want + TRAILER_SIZE:
-            chunk = self._source.read(
-                max(want + TRAILER_SIZE - len(self._buf), 64 << 10)
-            )
+            chunk = self._source.read(max(want + TRAILER_SIZE - len(self._buf), 64 << 10))
             if not chunk:
                 self._eof = True
             self._buf += chunk
@@ -357,9 +327,8 @@ class SegmentReader:
         self.header = parse_header(head, name)
         self._body = _BodyReader(source, zlib.crc32(head))
         dctx = zstandard.ZstdDecompressor()
-        self._zstd = dctx.stream_reader(
-            self._body, read_size=256 << 10, read_across_frames=False
-        )
+        # zstandard's stubs ask for IO[bytes]; it only ever calls read().
+        self._zstd = dctx.stream_reader(cast(IO[bytes], self._body), read_size=256 << 10, read_across_frames=False)
         self._remaining = self.header.content_size
 
     def _read(self, n: int, what: str) -> bytes:
@@ -371,13 +340,9 @@ class SegmentReader:
                     break
                 data += more
         except zstandard.ZstdError as exc:
-            raise CorruptSegment(
-                self.name, f"compressed body is damaged ({exc})"
-            ) from None
+            raise CorruptSegment(self.name, f"compressed body is damaged ({exc})") from None
         if len(data) < n:
-            raise CorruptSegment(
-                self.name, f"body ends inside {what} (truncated object?)"
-            )
+            raise CorruptSegment(self.name, f"body ends inside {what} (truncated object?)")
         self._remaining -= n
         return data
 
@@ -388,9 +353,7 @@ class SegmentReader:
             raise CorruptSegment(self.name, "expected a segment, found a snapshot")
         last: Commit | None = None
         for index in range(h.commit_count):
-            txid, time_us, db_size, n = _COMMIT.unpack(
-                self._read(COMMIT_HEADER_SIZE, "a commit header")
-            )
+            txid, time_us, db_size, n = _COMMIT.unpack(self._read(COMMIT_HEADER_SIZE, "a commit header"))
             if n > self._remaining // (4 + h.page_size):
                 raise CorruptSegment(
                     self.name,
@@ -410,9 +373,7 @@ class SegmentReader:
         for pgno in commit.pgnos:
             yield (
                 pgno,
-                self._read(
-                    self.header.page_size, f"page {pgno} of commit {commit.txid}"
-                ),
+                self._read(self.header.page_size, f"page {pgno} of commit {commit.txid}"),
             )
 
     def _check(self, c: Commit, last: Commit | None, index: int) -> None:
@@ -452,9 +413,7 @@ class SegmentReader:
             extra = self._zstd.read(1)
             rest = self._body.read(1)
         except zstandard.ZstdError as exc:
-            raise CorruptSegment(
-                self.name, f"compressed body is damaged ({exc})"
-            ) from None
+            raise CorruptSegment(self.name, f"compressed body is damaged ({exc})") from None
         if extra or rest:
             raise CorruptSegment(self.name, "unexpected bytes after the body")
         trailer = self._body.trailer()
@@ -462,13 +421,9 @@ class SegmentReader:
             raise CorruptSegment(self.name, "truncated trailer")
         magic, length, crc = _TRAILER.unpack(trailer)
         if magic != TRAILER_MAGIC:
-            raise CorruptSegment(
-                self.name, "bad trailer magic (truncated or damaged object)"
-            )
+            raise CorruptSegment(self.name, "bad trailer magic (truncated or damaged object)")
         if length != self._body.length:
-            raise CorruptSegment(
-                self.name, f"body is {self._body.length} bytes, trailer says {length}"
-            )
+            raise CorruptSegment(self.name, f"body is {self._body.length} bytes, trailer says {length}")
         if crc != self._body.crc:
             raise CorruptSegment(self.name, "checksum mismatch")
 

@@ -78,9 +78,7 @@ class Transaction:
     """One committed transaction: a run of frames ending in a commit frame."""
 
     first_frame: int
-    pgnos: tuple[
-        int, ...
-    ]  # page number of each frame, in WAL order (a page may repeat)
+    pgnos: tuple[int, ...]  # page number of each frame, in WAL order (a page may repeat)
     db_size: int
     checksum: Checksum  # cumulative checksum after the commit frame
 
@@ -94,9 +92,7 @@ class Transaction:
         return self.first_frame + len(self.pgnos)
 
 
-def checksum(
-    data: Buffer, seed: Checksum = (0, 0), *, big_endian: bool = False
-) -> Checksum:
+def checksum(data: Buffer, seed: Checksum = (0, 0), *, big_endian: bool = False) -> Checksum:
     """SQLite's WAL checksum over `data` (a multiple of 8 bytes), in plain Python: the reference."""
     mv = memoryview(data).cast("B")
     if len(mv) % 8:
@@ -113,9 +109,7 @@ def parse_header(data: Buffer) -> WalHeader:
     """Decode and verify the 32-byte WAL header, as SQLite's recovery does."""
     mv = memoryview(data).cast("B")
     if len(mv) < WAL_HEADER_SIZE:
-        raise InvalidWalHeader(
-            f"WAL header is {len(mv)} bytes, expected {WAL_HEADER_SIZE}"
-        )
+        raise InvalidWalHeader(f"WAL header is {len(mv)} bytes, expected {WAL_HEADER_SIZE}")
     magic, version, page_size, seq, salt1, salt2, ck1, ck2 = _HEADER.unpack_from(mv)
     if magic not in (MAGIC_LITTLE_ENDIAN, MAGIC_BIG_ENDIAN):
         raise InvalidWalHeader(f"bad WAL magic 0x{magic:08x}")
@@ -134,9 +128,7 @@ def parse_frame_header(data: Buffer) -> FrameHeader:
     return FrameHeader(pgno, db_size, (salt1, salt2), (ck1, ck2))
 
 
-def _matmul2(
-    m: tuple[int, int, int, int], n: tuple[int, int, int, int]
-) -> tuple[int, int, int, int]:
+def _matmul2(m: tuple[int, int, int, int], n: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     a, b, c, d = m
     e, f, g, h = n
     return (
@@ -177,9 +169,7 @@ class FrameScanner:
     before it (or the header's checksum for frame 0).
     """
 
-    def __init__(
-        self, header: WalHeader, next_frame: int = 0, seed: Checksum | None = None
-    ) -> None:
+    def __init__(self, header: WalHeader, next_frame: int = 0, seed: Checksum | None = None) -> None:
         self.header = header
         self.next_frame = next_frame
         self.checksum: Checksum = header.checksum if seed is None else seed
@@ -209,9 +199,7 @@ class FrameScanner:
             n = min(batch, count - start)
             valid = self._verify(mv[start * size : (start + n) * size], n)
             if valid:
-                done.extend(
-                    self._accept(mv[start * size : (start + valid) * size], valid)
-                )
+                done.extend(self._accept(mv[start * size : (start + valid) * size], valid))
             if valid < n:
                 self.stopped_at_invalid = True
                 break
@@ -256,11 +244,7 @@ class FrameScanner:
             frames = np.concatenate(self._pending).tolist()
             self._pending = []
             checksum = (int(fields[idx, 4]), int(fields[idx, 5]))
-            done.append(
-                Transaction(
-                    self._pending_first, tuple(frames), int(fields[idx, 1]), checksum
-                )
-            )
+            done.append(Transaction(self._pending_first, tuple(frames), int(fields[idx, 1]), checksum))
             self._pending_first += len(frames)
             lo = idx + 1
         if lo < n:

@@ -32,19 +32,13 @@ def open_client(url: str, *, retry: bool = True) -> ReplicaClient:
     client: ReplicaClient
     if parts.scheme == "s3":
         if "@" in parts.netloc:
-            raise ConfigError(
-                "replica URL must not contain credentials; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
-            )
+            raise ConfigError("replica URL must not contain credentials; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
         if not parts.netloc:
-            raise ConfigError(
-                f"replica URL {url!r} has no bucket; use s3://BUCKET/PREFIX"
-            )
+            raise ConfigError(f"replica URL {url!r} has no bucket; use s3://BUCKET/PREFIX")
         query = parse_qs(parts.query)
         unknown = set(query) - _S3_OPTIONS
         if unknown:
-            raise ConfigError(
-                f"unknown S3 URL option(s) {', '.join(sorted(unknown))}; known: endpoint, region"
-            )
+            raise ConfigError(f"unknown S3 URL option(s) {', '.join(sorted(unknown))}; known: endpoint, region")
         from .s3 import (
             S3Client,
         )  # boto3 is slow to import; only pay for it when S3 is used
@@ -62,7 +56,5 @@ def open_client(url: str, *, retry: bool = True) -> ReplicaClient:
     elif parts.scheme == "" and url:
         client = FileClient(Path(url))
     else:
-        raise ConfigError(
-            f"unsupported replica URL {url!r}; use s3://BUCKET/PREFIX or a directory path"
-        )
+        raise ConfigError(f"unsupported replica URL {url!r}; use s3://BUCKET/PREFIX or a directory path")
     return RetryingClient(client) if retry else client

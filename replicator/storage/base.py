@@ -11,9 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, runtime_checkable
 
-Body = (
-    bytes | BinaryIO
-)  # a file object must be seekable, so that a retry can send it again
+Body = bytes | BinaryIO  # a file object must be seekable, so that a retry can send it again
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +54,7 @@ class ReplicaClient(Protocol):
 def check_key(key: str) -> str:
     """Reject keys that could escape the root or collide with a backend's temporary names."""
     parts = key.split("/")
-    if (
-        not key
-        or key.startswith("/")
-        or any(not p or p.startswith(".") for p in parts)
-        or "\\" in key
-    ):
+    if not key or key.startswith("/") or any(not p or p.startswith(".") for p in parts) or "\\" in key:
         raise ValueError(f"invalid object key {key!r}")
     return key
 
@@ -69,9 +62,7 @@ def check_key(key: str) -> str:
 class ObjectReader:
     """A read-only file object over an object, fetched in ranged chunks: bounded memory for any size."""
 
-    def __init__(
-        self, client: ReplicaClient, key: str, chunk_size: int = 8 << 20
-    ) -> None:
+    def __init__(self, client: ReplicaClient, key: str, chunk_size: int = 8 << 20) -> None:
         self._client = client
         self._key = key
         self._chunk = chunk_size

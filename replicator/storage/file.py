@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import (
@@ -45,11 +46,7 @@ class FileClient:
                         continue
                     key = name if rel == "." else f"{rel}/{name}"
                     if key.startswith(prefix):
-                        found.append(
-                            ObjectInfo(
-                                key, os.stat(os.path.join(dirpath, name)).st_size
-                            )
-                        )
+                        found.append(ObjectInfo(key, os.stat(os.path.join(dirpath, name)).st_size))
         found.sort(key=lambda o: o.key)
         return iter(found)
 
@@ -98,32 +95,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class _classified:
+@contextmanager
+def _classified(what: str) -> Iterator[None]:
     """Turn OSError into the storage error classes, naming the operation."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> bool:
-        if not isinstance(exc, OSError):
-            return False
+    try:
+        yield
+    except OSError as exc:
         detail = exc.strerror or str(exc)
         error: StorageError
         if isinstance(exc, FileNotFoundError):
-            error = ObjectNotFound(f"{self.what}: no such object")
-        elif exc.errno in (
-            errno.EACCES,
-            errno.EPERM,
-            errno.EROFS,
-            errno.ENOTDIR,
-            errno.EISDIR,
-        ):
-            error = PermanentStorageError(f"{self.what}: {detail}")
+            error = ObjectNotFound(f"{what}: no such object")
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR):
+            error = PermanentStorageError(f"{what}: {detail}")
         else:  # ENOSPC, EIO, EINTR...: may clear up
-            error = TransientStorageError(f"{self.what}: {detail}")
+            error = TransientStorageError(f"{what}: {detail}")
         raise error from exc

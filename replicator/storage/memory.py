@@ -21,9 +21,7 @@ class MemoryClient:
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         with self._lock:
-            items = sorted(
-                (k, len(v)) for k, v in self._objects.items() if k.startswith(prefix)
-            )
+            items = sorted((k, len(v)) for k, v in self._objects.items() if k.startswith(prefix))
         return iter([ObjectInfo(k, n) for k, n in items])
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -41,21 +41,15 @@ class RetryingClient:
     def url(self) -> str:
         return self.inner.url
 
-    def _call(
-        self, fn: Callable[[], T], before_retry: Callable[[], None] | None = None
-    ) -> T:
+    def _call(self, fn: Callable[[], T], before_retry: Callable[[], object] | None = None) -> T:
         for attempt in range(1, self.attempts + 1):
             try:
                 return fn()
             except TransientStorageError as exc:
                 if attempt == self.attempts:
                     raise
-                delay = self._jitter() * min(
-                    self.max_delay, self.base_delay * 2 ** (attempt - 1)
-                )
-                log.warning(
-                    "%s; retry %d/%d in %.2fs", exc, attempt, self.attempts - 1, delay
-                )
+                delay = self._jitter() * min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+                log.warning("%s; retry %d/%d in %.2fs", exc, attempt, self.attempts - 1, delay)
                 self._sleep(delay)
                 if before_retry is not None:
                     before_retry()
@@ -72,9 +66,7 @@ class RetryingClient:
             self._call(lambda: self.inner.put(key, body))
             return
         start = body.tell()
-        self._call(
-            lambda: self.inner.put(key, body), before_retry=lambda: body.seek(start)
-        )
+        self._call(lambda: self.inner.put(key, body), before_retry=lambda: body.seek(start))
 
     def delete(self, keys: Iterable[str]) -> None:
         batch = list(keys)

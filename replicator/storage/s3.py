@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -67,9 +68,7 @@ class S3Client:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._page_size = list_page_size
         self._client = client or _make_client(endpoint_url, region)
-        self._transfer = TransferConfig(
-            multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=16 << 20
-        )
+        self._transfer = TransferConfig(multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=16 << 20)
 
     @property
     def url(self) -> str:
@@ -98,9 +97,7 @@ class S3Client:
         if length == 0:
             return b""
         if offset or length is not None:
-            args["Range"] = f"bytes={offset}-" + (
-                "" if length is None else str(offset + length - 1)
-            )
+            args["Range"] = f"bytes={offset}-" + ("" if length is None else str(offset + length - 1))
         with _classified(f"get {self.url}{key}"):
             try:
                 response = self._client.get_object(**args)
@@ -117,9 +114,7 @@ class S3Client:
             if isinstance(body, bytes):
                 self._client.put_object(Bucket=self.bucket, Key=full, Body=body)
             else:
-                self._client.upload_fileobj(
-                    body, self.bucket, full, Config=self._transfer
-                )
+                self._client.upload_fileobj(body, self.bucket, full, Config=self._transfer)
 
     def delete(self, keys: Iterable[str]) -> None:
         batch = [self.prefix + check_key(k) for k in keys]
@@ -130,9 +125,7 @@ class S3Client:
                     Bucket=self.bucket,
                     Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
                 )
-            errors = [
-                e for e in response.get("Errors", []) if e.get("Code") != "NoSuchKey"
-            ]
+            errors = [e for e in response.get("Errors", []) if e.get("Code") != "NoSuchKey"]
             if errors:
                 first = errors[0]
                 raise TransientStorageError(
@@ -143,9 +136,7 @@ class S3Client:
     def exists(self, key: str) -> bool:
         with _classified(f"head {self.url}{key}"):
             try:
-                self._client.head_object(
-                    Bucket=self.bucket, Key=self.prefix + check_key(key)
-                )
+                self._client.head_object(Bucket=self.bucket, Key=self.prefix + check_key(key))
             except botocore.exceptions.ClientError as exc:
                 if _code(exc) in _NOT_FOUND:
                     return False
@@ -154,11 +145,7 @@ class S3Client:
 
 
 def _make_client(endpoint_url: str | None, region: str | None) -> Boto3S3Client:
-    custom_endpoint = (
-        endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-    )
+    custom_endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
     config = Config(
         retries={"max_attempts": 1, "mode": "standard"},
         connect_timeout=10,
@@ -169,9 +156,7 @@ def _make_client(endpoint_url: str | None, region: str | None) -> Boto3S3Client:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint_url, region_name=region, config=config
-    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:
@@ -180,67 +165,45 @@ def _code(exc: botocore.exceptions.ClientError) -> str:
     )
 
 
-class _classified:
+@contextmanager
+def _classified(what: str) -> Iterator[None]:
     """Map botocore failures to ObjectNotFound / PermanentStorageError / TransientStorageError."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> bool:
-        if exc is None or isinstance(exc, StorageError):
-            return False
-        error = classify(self.what, exc)
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        error = classify(what, exc)
         if error is None:
-            return False
+            raise
         raise error from exc
 
 
 def classify(what: str, exc: BaseException) -> StorageError | None:
     """The storage error for a botocore exception, or None if it is not one we know."""
-    if (
-        isinstance(exc, boto3.exceptions.S3UploadFailedError)
-        and exc.__context__ is not None
-    ):
-        return classify(
-            what, exc.__context__
-        )  # s3transfer re-raises the ClientError as text
+    if isinstance(exc, boto3.exceptions.S3UploadFailedError) and exc.__context__ is not None:
+        return classify(what, exc.__context__)  # s3transfer re-raises the ClientError as text
     if isinstance(exc, botocore.exceptions.ClientError):
         code = _code(exc)
-        status = int(
-            exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0
-        )
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         message = str(exc.response.get("Error", {}).get("Message", "") or "").strip()
         detail = f"{code} {message}".strip() if message and message != code else code
         if code == "NoSuchBucket":
-            return PermanentStorageError(
-                f"{what}: bucket does not exist; create it or fix the replica URL"
-            )
+            return PermanentStorageError(f"{what}: bucket does not exist; create it or fix the replica URL")
         if code in _NOT_FOUND:
             return ObjectNotFound(f"{what}: no such object")
         if code in _CREDENTIALS:
-            return PermanentStorageError(
-                f"{what}: access denied ({detail}); check the AWS credentials"
-            )
+            return PermanentStorageError(f"{what}: access denied ({detail}); check the AWS credentials")
         if code in _TRANSIENT or status >= 500 or status == 429:
             return TransientStorageError(f"{what}: {detail} (HTTP {status})")
         return PermanentStorageError(f"{what}: {detail} (HTTP {status})")
     if isinstance(
         exc,
-        botocore.exceptions.NoCredentialsError
-        | botocore.exceptions.PartialCredentialsError,
+        botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError,
     ):
-        return PermanentStorageError(
-            f"{what}: no AWS credentials found; set AWS_ACCESS_KEY_ID and friends"
-        )
+        return PermanentStorageError(f"{what}: no AWS credentials found; set AWS_ACCESS_KEY_ID and friends")
     if isinstance(exc, botocore.exceptions.ParamValidationError):
         return PermanentStorageError(f"{what}: invalid request ({exc})")
-    if isinstance(
-        exc, botocore.exceptions.BotoCoreError | ConnectionError | TimeoutError
-    ):
+    if isinstance(exc, botocore.exceptions.BotoCoreError | ConnectionError | TimeoutError):
         return TransientStorageError(f"{what}: {type(exc).__name__}: {exc}")
     return None

@@ -1,0 +1,3 @@
+from replicator_cli.main import cli
+
+cli(prog_name="replicator")
