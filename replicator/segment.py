@@ -159,6 +159,29 @@ class Commit:
     pgnos: tuple[int, ...]  # strictly increasing, each in 1..db_size
 
 
+def _commit_problem(h: SegmentHeader, c: Commit, previous: Commit | None, index: int) -> str | None:
+    """Why commit record number `index` cannot follow `previous` under header `h`; None if it can.
+
+    The one statement of the commit-record rules in FORMAT.md: the writer refuses to write what the
+    reader would refuse to read.
+    """
+    if index >= h.commit_count:
+        return f"more commit records than the {h.commit_count} the header declares"
+    if previous is None and (c.txid < h.first_txid or c.time_us != h.first_time_us):
+        return "first commit does not start the header's txid and time range"
+    if previous is not None and (c.txid <= previous.txid or c.time_us < previous.time_us):
+        return "txids must increase and times must not go back"
+    if c.txid > h.last_txid or c.time_us > h.last_time_us:
+        return "commit beyond the header's txid or time range"
+    if index == h.commit_count - 1 and (c.txid, c.time_us, c.db_size) != (h.last_txid, h.last_time_us, h.db_size):
+        return "last commit does not end the header's txid and time range at its db size"
+    if any(b <= a for a, b in zip(c.pgnos, c.pgnos[1:], strict=False)):
+        return "page numbers must strictly increase"
+    if c.pgnos and (c.pgnos[0] < 1 or c.pgnos[-1] > c.db_size):
+        return f"page numbers must lie in 1..{c.db_size}"
+    return None
+
+
 class _ChecksummingWriter:
     """Counts and CRCs the compressed body on its way to the destination."""
 
@@ -206,13 +229,15 @@ class SegmentWriter:
         h = self.header
         if h.kind is not Kind.SEGMENT:
             raise ValueError("snapshots hold an image, not commit records")
-        self._check_commit(commit)
+        problem = _commit_problem(h, commit, self._last, self._commits)
+        if problem:
+            raise ValueError(f"commit {commit.txid}: {problem}")
         n = len(commit.pgnos)
         self._zstd.write(_COMMIT.pack(commit.txid, commit.time_us, commit.db_size, n))
         self._zstd.write(struct.pack(f">{n}I", *commit.pgnos))
         written = 0
         for page in pages:
-            written += len(page)
+            written += memoryview(page).nbytes
             self._zstd.write(page)
         if written != n * h.page_size:
             raise ValueError(f"commit {commit.txid}: {written} page bytes for {n} pages")
@@ -220,26 +245,14 @@ class SegmentWriter:
         self._pages += n
         self._last = commit
 
-    def _check_commit(self, c: Commit) -> None:
-        h, last = self.header, self._last
-        if self._commits == 0 and (c.txid < h.first_txid or c.time_us != h.first_time_us):
-            raise ValueError("first commit must start the header's txid and time range")
-        if last is not None and (c.txid <= last.txid or c.time_us < last.time_us):
-            raise ValueError("commit txids must increase and times must not go back")
-        if c.txid > h.last_txid or c.time_us > h.last_time_us:
-            raise ValueError("commit beyond the header's txid or time range")
-        if any(b <= a for a, b in zip(c.pgnos, c.pgnos[1:], strict=False)):
-            raise ValueError("page numbers must strictly increase")
-        if c.pgnos and (c.pgnos[0] < 1 or c.pgnos[-1] > c.db_size):
-            raise ValueError(f"page numbers must lie in 1..{c.db_size}")
-
     def write_image(self, data: Buffer) -> None:
         """The next bytes of a snapshot's database image (whole pages, in page order)."""
         if self.header.kind is not Kind.SNAPSHOT:
             raise ValueError("segments hold commit records, not an image")
-        if len(data) % self.header.page_size:
+        size = memoryview(data).nbytes
+        if size % self.header.page_size:
             raise ValueError("snapshot image must be written in whole pages")
-        self._pages += len(data) // self.header.page_size
+        self._pages += size // self.header.page_size
         self._zstd.write(data)
 
     def close(self) -> None:
@@ -361,7 +374,9 @@ class SegmentReader:
                 )
             pgnos = struct.unpack(f">{n}I", self._read(4 * n, "a page list"))
             commit = Commit(txid, time_us, db_size, pgnos)
-            self._check(commit, last, index)
+            problem = _commit_problem(h, commit, last, index)
+            if problem:
+                raise CorruptSegment(self.name, f"commit {txid}: {problem}")
             pages = self._pages(commit)
             yield commit, pages
             for _ in pages:  # skip whatever the consumer did not read
@@ -375,28 +390,6 @@ class SegmentReader:
                 pgno,
                 self._read(self.header.page_size, f"page {pgno} of commit {commit.txid}"),
             )
-
-    def _check(self, c: Commit, last: Commit | None, index: int) -> None:
-        h = self.header
-        problem = None
-        if index == 0 and (c.txid < h.first_txid or c.time_us != h.first_time_us):
-            problem = "first commit does not start the header's range"
-        elif last is not None and (c.txid <= last.txid or c.time_us < last.time_us):
-            problem = "commits out of order"
-        elif c.txid > h.last_txid or c.time_us > h.last_time_us:
-            problem = "commit beyond the header's range"
-        elif index == h.commit_count - 1 and (c.txid, c.time_us, c.db_size) != (
-            h.last_txid,
-            h.last_time_us,
-            h.db_size,
-        ):
-            problem = "last commit does not end the header's range"
-        elif any(b <= a for a, b in zip(c.pgnos, c.pgnos[1:], strict=False)) or (
-            c.pgnos and (c.pgnos[0] < 1 or c.pgnos[-1] > c.db_size)
-        ):
-            problem = "page numbers out of order or out of range"
-        if problem:
-            raise CorruptSegment(self.name, f"commit {c.txid}: {problem}")
 
     def image(self, chunk_size: int = _IMAGE_CHUNK) -> Iterator[bytes]:
         """Yield a snapshot's database image in chunks of whole pages."""

@@ -126,16 +126,27 @@ def test_reading_the_wrong_kind_is_an_error() -> None:
     ("commit", "problem"),
     [
         (Commit(5, 1_000, 4, (3, 1)), "strictly increase"),
-        (Commit(5, 1_000, 2, (1, 3)), "1..2"),
+        (Commit(5, 1_000, 2, (1, 3)), "1\\.\\.2"),
+        (Commit(5, 1_000, 4, (1,)), None),
         (Commit(4, 1_000, 4, (1,)), "first commit"),
         (Commit(9, 1_000, 4, (1,)), "beyond"),
     ],
 )
-def test_writer_rejects_commits_outside_the_header(commit: Commit, problem: str) -> None:
-    header = SegmentHeader(Kind.SEGMENT, PS, 4, 1, 5, 8, 1_000, 2_000, 1, 1)
+def test_writer_rejects_commits_outside_the_header(commit: Commit, problem: str | None) -> None:
+    header = SegmentHeader(Kind.SEGMENT, PS, 4, 1, 5, 8, 1_000, 2_000, 2, 2)
     writer = segment.SegmentWriter(io.BytesIO(), header)
+    if problem is None:  # the control case: a commit that fits is accepted
+        writer.write_commit(commit, [page(1)] * len(commit.pgnos))
+        return
     with pytest.raises(ValueError, match=problem):
         writer.write_commit(commit, [page(1)] * len(commit.pgnos))
+
+
+def test_writer_rejects_a_last_commit_that_does_not_end_the_range() -> None:
+    header = SegmentHeader(Kind.SEGMENT, PS, 4, 1, 5, 8, 1_000, 2_000, 1, 1)
+    writer = segment.SegmentWriter(io.BytesIO(), header)
+    with pytest.raises(ValueError, match="last commit does not end"):
+        writer.write_commit(Commit(5, 1_000, 4, (1,)), [page(1)])
 
 
 def test_writer_rejects_a_body_that_does_not_match_the_header() -> None:
