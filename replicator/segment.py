@@ -25,6 +25,7 @@ from typing import IO, Protocol, cast
 import zstandard
 
 from .errors import CorruptSegment, UnsupportedFormatVersion
+from .keys import ObjectKey, SegmentKey, SnapshotKey
 
 MAGIC = b"RPLC"
 TRAILER_MAGIC = b"RPLE"
@@ -182,6 +183,13 @@ def _commit_problem(h: SegmentHeader, c: Commit, previous: Commit | None, index:
     return None
 
 
+def key_for(header: SegmentHeader) -> ObjectKey:
+    """The key an object with this header is stored under."""
+    if header.kind is Kind.SNAPSHOT:
+        return SnapshotKey(header.generation, header.last_txid, header.last_time_us)
+    return SegmentKey(header.generation, header.first_txid, header.last_txid, header.last_time_us)
+
+
 class _ChecksummingWriter:
     """Counts and CRCs the compressed body on its way to the destination."""
 
@@ -332,12 +340,17 @@ class _BodyReader:
 
 
 class SegmentReader:
-    """Streams and verifies one object. Iterate commits() (segments) or image() (snapshots) to the end."""
+    """Streams and verifies one object. Iterate commits() (segments) or image() (snapshots) to the end.
 
-    def __init__(self, source: Readable, name: str) -> None:
+    Pass `expect`, the parsed key the object was listed under, to also check that the key tells the truth.
+    """
+
+    def __init__(self, source: Readable, name: str, expect: ObjectKey | None = None) -> None:
         self.name = name
         head = _read_exact(source, HEADER_SIZE)
         self.header = parse_header(head, name)
+        if expect is not None and key_for(self.header) != expect:
+            raise CorruptSegment(name, "header does not match the object's key (misnamed or misplaced object)")
         self._body = _BodyReader(source, zlib.crc32(head))
         dctx = zstandard.ZstdDecompressor()
         # zstandard's stubs ask for IO[bytes]; it only ever calls read().

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replicator import segment
+from replicator import keys, segment
 from replicator.errors import CorruptSegment, UnsupportedFormatVersion
 from replicator.segment import Commit, Kind, SegmentHeader, SegmentReader
 
@@ -210,3 +210,19 @@ def test_any_commit_sequence_round_trips(spec: list[tuple[set[int], int]]) -> No
     decoded = read_all(segment.encode(header, commits, level=3))
     assert [c for c, _ in decoded] == [c for c, _ in commits]
     assert [[p for _, p in pages] for _, pages in decoded] == [images for _, images in commits]
+
+
+def test_the_key_an_object_is_stored_under_is_checked_against_its_header() -> None:
+    data, _ = make_segment()
+    header = segment.parse_header(data, "obj")
+    key = segment.key_for(header)
+    assert key == keys.SegmentKey(0xABC, 5, 8, 2_000)
+    SegmentReader(io.BytesIO(data), key.key, expect=key)
+    for wrong in (
+        keys.SegmentKey(0xABC, 5, 9, 2_000),
+        keys.SegmentKey(0xABD, 5, 8, 2_000),
+        keys.SegmentKey(0xABC, 5, 8, 2_001),
+        keys.SnapshotKey(0xABC, 8, 2_000),
+    ):
+        with pytest.raises(CorruptSegment, match="does not match the object's key"):
+            SegmentReader(io.BytesIO(data), wrong.key, expect=wrong)
