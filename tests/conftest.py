@@ -1,4 +1,4 @@
-"""Shared fixtures: real SQLite databases, a moto S3 server over HTTP, and one client per storage backend."""
+"""Shared fixtures: S3 servers over real HTTP (moto, Ceph RGW, optionally any other), one client per backend."""
 
 from __future__ import annotations
 
@@ -10,19 +10,31 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
+import rgw
 
 from replicator.storage import FileClient, MemoryClient, ReplicaClient
 from replicator.storage.s3 import S3Client
 
-S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+MOTO_CREDENTIALS = ("testing", "testing")
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """An S3 endpoint the tests may create buckets on."""
+
+    name: str
+    endpoint: str | None  # None: boto3's default (AWS itself)
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+    bucket: str | None = None  # set for an external server: use this bucket, under a fresh prefix per test
 
 
 def _free_port() -> int:
@@ -32,15 +44,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
+def moto_server() -> Iterator[S3Server]:
     """A moto S3 server in its own process on 127.0.0.1, stopped by PID at the end of the session."""
     port = _free_port()
-    env = {**os.environ, **S3_CREDENTIALS}
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=env,
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
@@ -53,7 +63,7 @@ def moto_endpoint() -> Iterator[str]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("moto server did not start") from None
                 time.sleep(0.1)
-        yield endpoint
+        yield S3Server("moto", endpoint, *MOTO_CREDENTIALS)
     finally:
         proc.terminate()
         try:
@@ -63,29 +73,109 @@ def moto_endpoint() -> Iterator[str]:
             proc.wait()
 
 
-@pytest.fixture
-def s3_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+@pytest.fixture(scope="session")
+def rgw_server() -> Iterator[S3Server]:
+    """Ceph's RADOS Gateway on a throwaway single-node cluster (tests/rgw.py).
+
+    Skipped when Ceph is not installed, except under CI (CI=true), where a missing tier is a failure.
+    """
+    missing = rgw.missing_binaries()
+    if missing:
+        message = f"radosgw tier needs Ceph ({', '.join(missing)} not found): {rgw.INSTALL_HINT}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    cluster = rgw.RgwCluster().start()
+    try:
+        yield S3Server("rgw", cluster.endpoint, cluster.access_key, cluster.secret_key)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def external_server() -> S3Server:
+    """Any S3 endpoint, real AWS included, named by REPLICATOR_TEST_S3_* variables (see README)."""
+    bucket = os.environ.get("REPLICATOR_TEST_S3_BUCKET")
+    if not bucket:
+        pytest.skip("set REPLICATOR_TEST_S3_BUCKET (and _ENDPOINT, _ACCESS_KEY, _SECRET_KEY) to test another S3")
+    return S3Server(
+        "external",
+        os.environ.get("REPLICATOR_TEST_S3_ENDPOINT") or None,
+        os.environ.get("REPLICATOR_TEST_S3_ACCESS_KEY", ""),
+        os.environ.get("REPLICATOR_TEST_S3_SECRET_KEY", ""),
+        os.environ.get("REPLICATOR_TEST_S3_REGION", "us-east-1"),
+        bucket,
+    )
+
+
+# The external tier exists only when configured, so a normal run does not list dozens of skips.
+S3_SERVERS = ["moto", "rgw"] + (["external"] if os.environ.get("REPLICATOR_TEST_S3_BUCKET") else [])
+
+
+@pytest.fixture(params=S3_SERVERS)
+def s3_server(request: pytest.FixtureRequest) -> S3Server:
+    server: S3Server = request.getfixturevalue(f"{request.param}_server")
+    return server
+
+
+def point_boto3_at(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make boto3's credential chain find this server's keys (or the user's own chain, if none are given)."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
-    for name, value in S3_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
+    if server.access_key:
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", server.region)
+
+
+@dataclass(frozen=True)
+class S3Location:
+    server: S3Server
+    bucket: str
+    prefix: str
+
+    def client(self, prefix: str | None = None, **kw: Any) -> S3Client:
+        return S3Client(self.bucket, self.prefix if prefix is None else prefix, endpoint_url=self.server.endpoint, **kw)
+
+
+@contextmanager
+def fresh_location(server: S3Server) -> Iterator[S3Location]:
+    """A new, empty place on a server: a new bucket, or a new prefix in the external one (emptied after)."""
+    if server.bucket is None:
+        bucket = f"test-{uuid.uuid4().hex[:12]}"
+        # A fresh Session: boto3.client() would reuse credentials cached from an earlier server.
+        boto3.session.Session().client("s3", endpoint_url=server.endpoint).create_bucket(Bucket=bucket)
+        yield S3Location(server, bucket, "some/prefix")
+        return
+    location = S3Location(server, server.bucket, f"replicator-tests/{uuid.uuid4().hex}")
+    try:
+        yield location
+    finally:
+        location.client().delete([o.key for o in location.client().list()])
 
 
 @pytest.fixture
-def s3_bucket(moto_endpoint: str, s3_env: None) -> str:
-    """A fresh, empty bucket on the moto server."""
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=name)
-    return name
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    point_boto3_at(s3_server, monkeypatch)
 
 
-@pytest.fixture(params=["memory", "file", "s3"])
-def client(request: pytest.FixtureRequest, tmp_path: Path) -> ReplicaClient:
-    """Each storage backend in turn; S3 talks HTTP to the moto server, under a non-empty prefix."""
+@pytest.fixture
+def s3_location(s3_server: S3Server, s3_env: None) -> Iterator[S3Location]:
+    with fresh_location(s3_server) as location:
+        yield location
+
+
+@pytest.fixture(params=["memory", "file", *S3_SERVERS])
+def client(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ReplicaClient]:
+    """Each storage backend in turn; S3 talks HTTP to a real server process, under a non-empty prefix."""
     if request.param == "memory":
-        return MemoryClient()
-    if request.param == "file":
-        return FileClient(tmp_path / "replica")
-    bucket = request.getfixturevalue("s3_bucket")
-    endpoint = request.getfixturevalue("moto_endpoint")
-    return S3Client(bucket, "some/prefix", endpoint_url=endpoint, list_page_size=7)
+        yield MemoryClient()
+    elif request.param == "file":
+        yield FileClient(tmp_path / "replica")
+    else:
+        server: S3Server = request.getfixturevalue(f"{request.param}_server")
+        point_boto3_at(server, monkeypatch)
+        with fresh_location(server) as location:
+            yield location.client(list_page_size=7)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import uuid
 from pathlib import Path
 
 import pytest
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import ClientError
+from conftest import S3Location, S3Server
 
 from replicator.errors import ConfigError, ObjectNotFound, PermanentStorageError, TransientStorageError
 from replicator.storage import FileClient, RetryingClient, open_client
-from replicator.storage.s3 import S3Client
+from replicator.storage.s3 import S3Client, classify
 
 
 class FailingBody(io.RawIOBase):
@@ -43,27 +47,39 @@ def test_file_replica_in_an_unwritable_place_is_permanent(tmp_path: Path) -> Non
         client.put("gen/a", b"1")
 
 
-def test_s3_missing_bucket_is_a_clear_permanent_error(moto_endpoint: str, s3_env: None) -> None:
-    client = S3Client("no-such-bucket", "p", endpoint_url=moto_endpoint)
+def test_s3_missing_bucket_is_a_clear_permanent_error(s3_server: S3Server, s3_env: None) -> None:
+    client = S3Client(f"no-such-bucket-{uuid.uuid4().hex[:8]}", "p", endpoint_url=s3_server.endpoint)
     with pytest.raises(PermanentStorageError, match="bucket does not exist"):
         list(client.list())
     with pytest.raises(PermanentStorageError, match="bucket does not exist"):
         client.put("k", b"1")
 
 
-def test_s3_missing_key_is_not_found(moto_endpoint: str, s3_bucket: str) -> None:
+def test_s3_missing_key_is_not_found(s3_location: S3Location) -> None:
     with pytest.raises(ObjectNotFound, match="no such object"):
-        S3Client(s3_bucket, endpoint_url=moto_endpoint).get("absent")
+        s3_location.client().get("absent")
 
 
-def test_s3_unreachable_endpoint_is_transient(s3_env: None) -> None:
+def test_s3_wrong_secret_is_a_clear_permanent_error(s3_location: S3Location, monkeypatch: pytest.MonkeyPatch) -> None:
+    if s3_location.server.name == "moto":
+        pytest.skip("moto accepts any credentials")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(PermanentStorageError, match="check the AWS credentials") as info:
+        list(s3_location.client().list())
+    assert "not-the-secret" not in str(info.value)
+
+
+def test_s3_unreachable_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     client = S3Client("bucket", endpoint_url="http://127.0.0.1:9")
     with pytest.raises(TransientStorageError):
         client.get("k")
 
 
-def test_s3_large_upload_goes_multipart_and_reads_back(moto_endpoint: str, s3_bucket: str) -> None:
-    client = S3Client(s3_bucket, "p", endpoint_url=moto_endpoint)
+def test_s3_large_upload_goes_multipart_and_reads_back(s3_location: S3Location) -> None:
+    """RGW answers CompleteMultipartUpload with an empty ETag: nothing of ours may depend on it."""
+    client = s3_location.client()
     client._transfer.multipart_threshold = 5 << 20  # the smallest part S3 accepts
     client._transfer.multipart_chunksize = 5 << 20
     data = bytes(range(256)) * (11 << 12)  # 11 MiB: three parts
@@ -72,9 +88,9 @@ def test_s3_large_upload_goes_multipart_and_reads_back(moto_endpoint: str, s3_bu
     assert client.get("big", 5 << 20, 10) == data[5 << 20 : (5 << 20) + 10]
 
 
-def test_s3_prefix_is_the_root(moto_endpoint: str, s3_bucket: str) -> None:
-    a = S3Client(s3_bucket, "one", endpoint_url=moto_endpoint)
-    b = S3Client(s3_bucket, "one/two/", endpoint_url=moto_endpoint)
+def test_s3_prefix_is_the_root(s3_location: S3Location) -> None:
+    a = s3_location.client(f"{s3_location.prefix}/one")
+    b = s3_location.client(f"{s3_location.prefix}/one/two/")
     b.put("k", b"x")
     assert [o.key for o in a.list()] == ["two/k"]
     assert [o.key for o in b.list()] == ["k"]
@@ -103,3 +119,44 @@ def test_open_client_rejects_bad_urls(url: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem) as info:
         open_client(url)
     assert "secret" not in str(info.value)
+
+
+def client_error(code: str, message: str | None, status: int, operation: str = "GetObject") -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}},  # type: ignore[typeddict-item]
+        operation,
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "says"),
+    [
+        # Shapes seen from moto, Ceph RGW (empty Messages, bare status codes) and AWS.
+        (client_error("NoSuchKey", None, 404), ObjectNotFound, "no such object"),
+        (client_error("404", "Not Found", 404, "HeadObject"), ObjectNotFound, "no such object"),
+        (client_error("NoSuchBucket", None, 404), PermanentStorageError, "bucket does not exist"),
+        (client_error("SignatureDoesNotMatch", None, 403), PermanentStorageError, "check the AWS credentials"),
+        (client_error("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist", 403),
+         PermanentStorageError, "check the AWS credentials"),
+        (client_error("400", "Bad Request", 400, "DeleteObjects"), PermanentStorageError, "400 Bad Request"),
+        (client_error("MalformedXML", "The XML was not well-formed", 400), PermanentStorageError, "MalformedXML"),
+        (client_error("SlowDown", "Please reduce your request rate.", 503), TransientStorageError, "SlowDown"),
+        (client_error("InternalError", None, 500), TransientStorageError, "InternalError"),
+        (client_error("UnknownThing", None, 502), TransientStorageError, "HTTP 502"),
+    ],
+)  # fmt: skip
+def test_s3_errors_are_classified_whatever_the_server_sends(error: Exception, kind: type, says: str) -> None:
+    classified = classify("get s3://b/p/k", error)
+    assert type(classified) is kind
+    assert says in str(classified) and "None" not in str(classified)
+
+
+def test_s3_upload_failures_are_classified_by_their_cause() -> None:
+    try:
+        try:
+            raise client_error("NoSuchBucket", None, 404, "CreateMultipartUpload")
+        except ClientError as exc:
+            raise S3UploadFailedError("Failed to upload: An error occurred (NoSuchBucket)") from exc
+    except S3UploadFailedError as wrapped:
+        classified = classify("put s3://b/p/k", wrapped)
+    assert isinstance(classified, PermanentStorageError) and "bucket does not exist" in str(classified)
