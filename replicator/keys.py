@@ -92,3 +92,14 @@ def new_generation_id(now_ms: int | None = None) -> int:
     """A time-sortable id: 48 bits of Unix milliseconds, then 16 random bits."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     return ((ms & ((1 << 48) - 1)) << 16) | secrets.randbits(16)
+
+
+def chain_order(key: ObjectKey) -> tuple[int, int, int]:
+    """Order of objects along a replica's history: by generation, then by the txid they reach.
+
+    A snapshot at txid N comes after the segment that ends at N (and a generation's first snapshot, at
+    txid 0, before everything else in it). Upload and restore both follow this order.
+    """
+    if isinstance(key, SnapshotKey):
+        return key.generation, key.txid, 1
+    return key.generation, key.last_txid, 0

@@ -160,6 +160,35 @@ def _coefficients(
     return coeff, seed_matrix
 
 
+def verify_frames(header: WalHeader, frames: Buffer, seeds: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+    """Check each of n contiguous frames on its own: salts, page number, and checksum from its seed.
+
+    `seeds[i]` is the cumulative checksum before frame i (the previous frame's stored checksum, or the
+    header's for frame 0), so the result says which frames are intact links of the chain.
+    """
+    mv = memoryview(frames).cast("B")
+    n = len(seeds)
+    page_words = header.page_size // 4
+    order = ">" if header.big_endian else "<"
+    words = np.frombuffer(mv, dtype=f"{order}u4", count=n * (6 + page_words)).reshape(n, 6 + page_words)
+    # Header fields are always big-endian, whatever the checksum byte order.
+    fields = np.frombuffer(mv, dtype=">u4", count=n * (6 + page_words)).reshape(n, 6 + page_words)[:, :6]
+    coeff, seed_matrix = _coefficients(header.page_size)
+    expected = words[:, 6:].astype(np.uint64) @ coeff[2:]
+    expected += words[:, :2].astype(np.uint64) @ coeff[:2]
+    expected += seeds @ seed_matrix.T
+    expected &= np.uint64(_MASK32)
+    salt1, salt2 = header.salt
+    ok: npt.NDArray[np.bool_] = (
+        (fields[:, 2] == salt1)
+        & (fields[:, 3] == salt2)
+        & (fields[:, 0] != 0)
+        & (expected[:, 0] == fields[:, 4])
+        & (expected[:, 1] == fields[:, 5])
+    )
+    return ok
+
+
 class FrameScanner:
     """Verifies the frames of one WAL life incrementally and reports each transaction once committed.
 
@@ -207,29 +236,13 @@ class FrameScanner:
 
     def _verify(self, chunk: memoryview, n: int) -> int:
         """Number of leading frames of `chunk` that are valid, given the chain so far."""
-        page_words = self.header.page_size // 4
-        order = ">" if self.header.big_endian else "<"
-        words = np.frombuffer(chunk, dtype=f"{order}u4").reshape(n, 6 + page_words)
-        # Header fields are always big-endian, whatever the checksum byte order.
-        fields = np.frombuffer(chunk, dtype=">u4").reshape(n, 6 + page_words)[:, :6]
-        coeff, seed_matrix = _coefficients(self.header.page_size)
-
-        partial = words[:, 6:].astype(np.uint64) @ coeff[2:]
-        partial += words[:, :2].astype(np.uint64) @ coeff[:2]
         seeds = np.empty((n, 2), dtype=np.uint64)
         seeds[0] = self.checksum
-        seeds[1:] = fields[:-1, 4:6]
-        expected = (partial + seeds @ seed_matrix.T) & np.uint64(_MASK32)
-
-        salt1, salt2 = self.header.salt
-        ok = (
-            (fields[:, 2] == salt1)
-            & (fields[:, 3] == salt2)
-            & (fields[:, 0] != 0)
-            & (expected[:, 0] == fields[:, 4])
-            & (expected[:, 1] == fields[:, 5])
-        )
-        bad = np.flatnonzero(~ok)
+        if n > 1:
+            size = self.header.frame_size
+            stored = np.ndarray((n - 1, 2), dtype=">u4", buffer=chunk, offset=16, strides=(size, 4))
+            seeds[1:] = stored
+        bad = np.flatnonzero(~verify_frames(self.header, chunk, seeds))
         return int(bad[0]) if len(bad) else n
 
     def _accept(self, chunk: memoryview, n: int) -> list[Transaction]:
@@ -282,3 +295,39 @@ def read_wal(data: Buffer) -> WalContents:
     scanner = FrameScanner(header)
     transactions = scanner.feed(mv[WAL_HEADER_SIZE:])
     return WalContents(header, transactions, scanner.next_frame)
+
+
+WAL_INDEX_HEADER_SIZE = 136  # two copies of the 48-byte header, then the checkpoint info
+_INDEX_HEADER = struct.Struct("=IIIBBHII2I8s")  # up to aCksum: 40 bytes, native byte order
+
+
+@dataclass(frozen=True, slots=True)
+class WalIndexHeader:
+    """The wal-index (-shm) header: SQLite's own record of the committed end of the WAL.
+
+    sqlite.org/walformat.html section 2.1. Native byte order; salts kept as the WAL header's raw bytes.
+    """
+
+    change: int  # incremented by every transaction
+    page_size: int
+    max_frame: int  # frames 1..max_frame are committed; the last is a commit frame
+    db_size: int  # pages
+    frame_checksum: Checksum  # cumulative checksum after frame max_frame
+    salt: tuple[int, int]
+    backfilled: int  # nBackfill: frames already copied into the database file
+
+
+def parse_wal_index(data: Buffer) -> WalIndexHeader | None:
+    """Decode the -shm header; None if it is uninitialised or torn (two copies differ): read it again."""
+    mv = memoryview(data).cast("B")
+    if len(mv) < WAL_INDEX_HEADER_SIZE or bytes(mv[:48]) != bytes(mv[48:96]):
+        return None
+    version, _, change, is_init, _, page_size, max_frame, db_size, ck1, ck2, salt = _INDEX_HEADER.unpack_from(mv)
+    if not is_init or version != WAL_FORMAT_VERSION:
+        return None
+    native_big = struct.pack("=I", 1) == struct.pack(">I", 1)
+    if checksum(mv[:40], big_endian=native_big) != struct.unpack_from("=II", mv, 40):
+        return None
+    (backfilled,) = struct.unpack_from("=I", mv, 96)
+    page_size = 65536 if page_size == 1 else page_size
+    return WalIndexHeader(change, page_size, max_frame, db_size, (ck1, ck2), struct.unpack(">II", salt), backfilled)

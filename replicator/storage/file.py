@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import (
     ObjectNotFound,
@@ -57,16 +58,22 @@ class FileClient:
             return f.read() if length is None else f.read(length)
 
     def put(self, key: str, body: Body) -> None:
+        with self.writer(key) as f:
+            if isinstance(body, bytes):
+                f.write(body)
+            else:
+                shutil.copyfileobj(body, f, 1 << 20)
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        """Write an object as a stream: visible under `key` only once the block ends without an error."""
         path = self._path(key)
         with _classified(f"put {self.url}/{key}"):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=path.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
-                    if isinstance(body, bytes):
-                        f.write(body)
-                    else:
-                        shutil.copyfileobj(body, f, 1 << 20)
+                    yield f
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
@@ -74,6 +81,10 @@ class FileClient:
                 os.unlink(tmp)
                 raise
             _fsync_dir(path.parent)
+
+    def path(self, key: str) -> Path:
+        """Where an object lives on disk (for streaming it elsewhere)."""
+        return self._path(key)
 
     def delete(self, keys: Iterable[str]) -> None:
         for key in keys:

@@ -1,0 +1,57 @@
+"""What retention deletes: a pure plan over a replica's inventory of keys.
+
+Rule: point-in-time restore must work for every moment of the window [now - window, now]. Restoring to a
+moment t uses the newest generation started at or before t, from its newest snapshot taken at or before t.
+So for the window's start we find that generation (the base) and that snapshot (the base snapshot) and keep
+everything from there on. Older generations go entirely; in the base generation, older snapshots and the
+segments that only lead up to the base snapshot go. The newest generation is never touched, so at least
+one complete generation always remains.
+
+Deletions are ordered oldest first, and within a generation snapshots before segments, so that a restore
+planned while we delete never picks a generation whose chain we are removing under it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from .keys import ObjectKey, SegmentKey, SnapshotKey, chain_order
+
+
+def plan_retention(objects: Iterable[ObjectKey], now_us: int, window_us: int) -> list[ObjectKey]:
+    by_generation: dict[int, list[ObjectKey]] = defaultdict(list)
+    for obj in objects:
+        by_generation[obj.generation].append(obj)
+    if not by_generation:
+        return []
+    cutoff = now_us - window_us
+    generations = sorted(by_generation)
+    newest = generations[-1]
+
+    def started(gen: int) -> int | None:
+        times = [o.time_us for o in by_generation[gen] if isinstance(o, SnapshotKey)]
+        return min(times) if times else None
+
+    # The base: the newest complete generation that had started by the cutoff (else the oldest one).
+    base = next((g for g in reversed(generations) if (t := started(g)) is not None and t <= cutoff), None)
+    doomed: list[ObjectKey] = []
+    for gen in generations:
+        items = sorted(by_generation[gen], key=chain_order)
+        if gen == newest and gen != base:
+            continue
+        if base is not None and gen < base:
+            doomed += _snapshots_first(items)
+        elif gen < newest and started(gen) is None:
+            doomed += items  # segments with no snapshot can never be restored
+        elif gen == base:
+            snapshots = [o for o in items if isinstance(o, SnapshotKey) and o.time_us <= cutoff]
+            keep_from = max(snapshots, key=chain_order)
+            assert isinstance(keep_from, SnapshotKey)
+            doomed += [o for o in items if isinstance(o, SnapshotKey) and chain_order(o) < chain_order(keep_from)]
+            doomed += [o for o in items if isinstance(o, SegmentKey) and o.last_txid <= keep_from.txid]
+    return doomed
+
+
+def _snapshots_first(items: list[ObjectKey]) -> list[ObjectKey]:
+    return [o for o in items if isinstance(o, SnapshotKey)] + [o for o in items if isinstance(o, SegmentKey)]

@@ -1,0 +1,117 @@
+"""Reading the live WAL file: the I/O half of wal.py (which stays pure)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import wal
+from .errors import InvalidWalHeader
+
+_CHUNK = 32 << 20  # verified per read; also bounds memory
+
+
+class WalFile:
+    """A read-only handle on `<db>-wal`, reopened when SQLite recreates the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._inode: int | None = None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _handle(self) -> int | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self.close()
+            return None
+        if self._fd is None or st.st_ino != self._inode:
+            self.close()
+            self._fd = os.open(self.path, os.O_RDONLY)
+            self._inode = st.st_ino
+        return self._fd
+
+    def header(self) -> wal.WalHeader | None:
+        """The current WAL header, or None if the WAL is missing, empty or has no valid header."""
+        fd = self._handle()
+        if fd is None:
+            return None
+        data = os.pread(fd, wal.WAL_HEADER_SIZE, 0)
+        try:
+            return wal.parse_header(data)
+        except InvalidWalHeader:
+            return None
+
+    def scan(self, scanner: wal.FrameScanner, end_frame: int) -> Iterator[wal.Transaction]:
+        """Feed frames [scanner.next_frame, end_frame) to the scanner; yield each transaction it commits."""
+        fd = self._handle()
+        if fd is None:
+            return
+        header = scanner.header
+        per_read = max(1, _CHUNK // header.frame_size)
+        while scanner.next_frame < end_frame:
+            start = scanner.next_frame
+            count = min(per_read, end_frame - start)
+            data = os.pread(fd, count * header.frame_size, header.frame_offset(start))
+            yield from scanner.feed(data)
+            if scanner.next_frame == start or scanner.stopped_at_invalid:
+                return
+
+    def frame_header(self, header: wal.WalHeader, frame: int) -> wal.FrameHeader:
+        fd = self._handle()
+        if fd is None:
+            raise FileNotFoundError(self.path)
+        return wal.parse_frame_header(os.pread(fd, wal.FRAME_HEADER_SIZE, header.frame_offset(frame)))
+
+    def read_verified(self, header: wal.WalHeader, frames: Sequence[int]) -> dict[int, bytes | None]:
+        """Page images of `frames` of the life `header`, each re-verified; None where a frame no longer is.
+
+        A frame is verified like the scanner does, seeded by its predecessor's stored checksum, so it fails
+        only if the WAL was restarted and overwritten since we scanned it.
+        """
+        result: dict[int, bytes | None] = dict.fromkeys(frames)
+        fd = self._handle()
+        if fd is None:
+            return result
+        size = header.frame_size
+        for first, last in _runs(sorted(result)):
+            lo = max(first - 1, 0)
+            data = os.pread(fd, (last - lo + 1) * size, header.frame_offset(lo))
+            if len(data) != (last - lo + 1) * size:
+                continue
+            n = last - first + 1
+            stored = np.ndarray((last - lo + 1, 2), dtype=">u4", buffer=data, offset=16, strides=(size, 4))
+            seeds = np.empty((n, 2), dtype=np.uint64)
+            if first == 0:
+                seeds[0] = header.checksum
+                seeds[1:] = stored[: n - 1]
+            else:
+                seeds[:] = stored[:n]
+            body = memoryview(data)[(first - lo) * size :]
+            ok = wal.verify_frames(header, body, seeds)
+            for i in range(n):
+                if ok[i]:
+                    start = i * size + wal.FRAME_HEADER_SIZE
+                    result[first + i] = bytes(body[start : start + header.page_size])
+        return result
+
+
+def _runs(ordered: list[int]) -> Iterator[tuple[int, int]]:
+    """Maximal runs of consecutive numbers: [1, 2, 3, 7, 8] -> (1, 3), (7, 8)."""
+    if not ordered:
+        return
+    start = prev = ordered[0]
+    for n in ordered[1:]:
+        if n != prev + 1:
+            yield start, prev
+            start = n
+        prev = n
+    yield start, prev
