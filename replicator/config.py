@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -16,10 +17,14 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_duration(text: str | float | int) -> float:
+def parse_duration(text: object) -> float:
     """'1s', '100ms', '5m', '24h', '1h30m' (or a number of seconds) -> seconds."""
-    if isinstance(text, int | float):
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        if not math.isfinite(text) or text < 0:
+            raise ConfigError(f"invalid duration {text!r}")
         return float(text)
+    if not isinstance(text, str):
+        raise ConfigError(f"invalid duration {text!r}; use e.g. 100ms, 1s, 5m, 24h")
     s = text.strip().lower()
     pos, total = 0, 0.0
     for m in _DURATION.finditer(s):
@@ -47,7 +52,13 @@ _SETTING_KEYS = {
     "shutdown-timeout": "shutdown_timeout",
     "compression-level": "compression_level",
 }
-_DURATIONS = {"sync_interval", "snapshot_interval", "retention", "shutdown_timeout"}
+_DURATIONS = {"sync_interval", "snapshot_interval", "retention", "shutdown_timeout", "poll_interval"}
+
+
+def _whole_number(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
+        raise ConfigError(f"{name.replace('_', '-')} must be a whole number, not {value!r}")
+    return int(value)
 
 
 def make_settings(values: dict[str, Any], base: Settings | None = None) -> Settings:
@@ -60,7 +71,7 @@ def make_settings(values: dict[str, Any], base: Settings | None = None) -> Setti
             raise ConfigError(f"unknown setting {raw!r}")
         if value is None:
             continue
-        changes[name] = parse_duration(value) if name in _DURATIONS else int(value)
+        changes[name] = parse_duration(value) if name in _DURATIONS else _whole_number(name, value)
     settings = Settings(**{**{f.name: getattr(base or Settings(), f.name) for f in fields(Settings)}, **changes})
     if settings.sync_interval <= 0 or settings.retention <= 0 or settings.snapshot_interval <= 0:
         raise ConfigError("sync-interval, snapshot-interval and retention must be positive")

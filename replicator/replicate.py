@@ -256,6 +256,7 @@ class Replicator:
         assert self.db is not None
         index = self.db.read_index()
         news = self._has_news(index)
+        shipped = False
         if self._checkpointing and (due or not news):
             self._repin(checkpoint=True)  # step 3 of the checkpoint, see _checkpoint
             self._checkpointing = False
@@ -263,17 +264,15 @@ class Replicator:
                 "checkpoint: WAL copied into the database%s",
                 "; it restarts at the next write" if self.armed else " up to the app's oldest reader",
             )
-            return news
-        if not news:
-            self._maybe_snapshot()
-            return False
-        if not due:
-            return False
-        if index is not None and index.max_frame >= self.settings.min_checkpoint_pages and self._checkpoint_due():
-            self._checkpoint()
-        else:
-            self._capture()
-        return True
+            shipped = news
+        elif news and due:
+            if index is not None and index.max_frame >= self.settings.min_checkpoint_pages and self._checkpoint_due():
+                self._checkpoint()
+            else:
+                self._capture()
+            shipped = True
+        self._maybe_snapshot()
+        return shipped
 
     def _has_news(self, index: wal.WalIndexHeader | None) -> bool:
         if index is None:
@@ -480,7 +479,7 @@ class Replicator:
     def _maybe_snapshot(self) -> None:
         assert self.state is not None
         due = _now_us() - self.state.last_snapshot_us >= self.settings.snapshot_interval * 1e6
-        if due and self.state.txid > 0 and not self._checkpointing:
+        if due and self.state.txid > 0:
             self._snapshot()
 
     def _snapshot(self) -> None:

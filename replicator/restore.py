@@ -100,13 +100,19 @@ def plan_restore(
     chain: list[SegmentKey] = []
     expected = snapshot.txid + 1
     for seg in segments:
+        if seg.first_txid != expected:
+            # A gap matters if the target lies beyond it: then we must not stop short and call it done.
+            needed = (txid is None or seg.first_txid <= txid) and (
+                timestamp_us is None or seg.last_time_us <= timestamp_us
+            )
+            if needed:
+                raise RestoreError(
+                    f"generation {chosen:016x} is missing transactions {expected}..{seg.first_txid - 1} "
+                    f"(next object: {seg.key}); restore an earlier point or another generation"
+                )
+            break
         if not reachable(seg):
             break
-        if seg.first_txid != expected:
-            raise RestoreError(
-                f"generation {chosen:016x} is missing transactions {expected}..{seg.first_txid - 1} "
-                f"(next object: {seg.key}); restore an earlier point or another generation"
-            )
         chain.append(seg)
         expected = seg.last_txid + 1
     return RestorePlan(chosen, snapshot, tuple(chain))

@@ -3,9 +3,9 @@
 Rule: point-in-time restore must work for every moment of the window [now - window, now]. Restoring to a
 moment t uses the newest generation started at or before t, from its newest snapshot taken at or before t.
 So for the window's start we find that generation (the base) and that snapshot (the base snapshot) and keep
-everything from there on. Older generations go entirely; in the base generation, older snapshots and the
-segments that only lead up to the base snapshot go. The newest generation is never touched, so at least
-one complete generation always remains.
+everything from there on. Generations started before the base go entirely; in the base generation, older
+snapshots and the segments that only lead up to the base snapshot go. The newest generation always keeps
+its newest snapshot and everything after it, so at least one complete generation remains.
 
 Deletions are ordered oldest first, and within a generation snapshots before segments, so that a restore
 planned while we delete never picks a generation whose chain we are removing under it.
@@ -33,14 +33,16 @@ def plan_retention(objects: Iterable[ObjectKey], now_us: int, window_us: int) ->
         times = [o.time_us for o in by_generation[gen] if isinstance(o, SnapshotKey)]
         return min(times) if times else None
 
-    # The base: the newest complete generation that had started by the cutoff (else the oldest one).
-    base = next((g for g in reversed(generations) if (t := started(g)) is not None and t <= cutoff), None)
+    # The base: the generation a restore to the cutoff would choose (restore.plan_restore's rule: the
+    # latest to have started by then).
+    starts = {g: t for g in generations if (t := started(g)) is not None}
+    base = max((g for g, t in starts.items() if t <= cutoff), key=lambda g: (starts[g], g), default=None)
     doomed: list[ObjectKey] = []
     for gen in generations:
         items = sorted(by_generation[gen], key=chain_order)
         if gen == newest and gen != base:
             continue
-        if base is not None and gen < base:
+        if base is not None and gen != base and gen in starts and (starts[gen], gen) < (starts[base], base):
             doomed += _snapshots_first(items)
         elif gen < newest and started(gen) is None:
             doomed += items  # segments with no snapshot can never be restored

@@ -179,3 +179,53 @@ def client(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
         point_boto3_at(server, monkeypatch)
         with fresh_location(server) as location:
             yield location.client(list_page_size=7)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A replica as the replicator process sees it (URL + environment) and as the test inspects it."""
+
+    name: str
+    url: str
+    env: dict[str, str]
+    client: ReplicaClient
+
+
+def s3_replica(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Replica]:
+    point_boto3_at(server, monkeypatch)
+    env = {"AWS_DEFAULT_REGION": server.region}
+    if server.access_key:
+        env |= {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
+    with fresh_location(server) as location:
+        url = f"s3://{location.bucket}/{location.prefix}"
+        if server.endpoint:
+            url += f"?endpoint={server.endpoint}"
+        yield Replica(server.name, url, env, location.client())
+
+
+@pytest.fixture
+def file_replica(tmp_path: Path) -> Replica:
+    root = tmp_path / "replica"
+    return Replica("file", str(root), {}, FileClient(root))
+
+
+@pytest.fixture
+def moto_replica(moto_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Replica]:
+    yield from s3_replica(moto_server, monkeypatch)
+
+
+@pytest.fixture(params=["file", *S3_SERVERS])
+def replica(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Replica]:
+    """Each kind of replica in turn: a directory, moto and Ceph RGW over HTTP (and any configured S3)."""
+    if request.param == "file":
+        yield request.getfixturevalue("file_replica")
+        return
+    server: S3Server = request.getfixturevalue(f"{request.param}_server")
+    yield from s3_replica(server, monkeypatch)
+
+
+@pytest.fixture
+def app_db(tmp_path: Path) -> Path:
+    """Where the app keeps its database: its own directory, as in a container."""
+    (tmp_path / "app").mkdir()
+    return tmp_path / "app" / "app.db"

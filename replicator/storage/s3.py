@@ -8,10 +8,11 @@ only classifies each failure as not-found, permanent or transient.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 import boto3
 import boto3.exceptions
@@ -111,10 +112,16 @@ class S3Client:
     def put(self, key: str, body: Body) -> None:
         full = self.prefix + check_key(key)
         with _classified(f"put {self.url}{key}"):
-            if isinstance(body, bytes):
-                self._client.put_object(Bucket=self.bucket, Key=full, Body=body)
-            else:
-                self._client.upload_fileobj(body, self.bucket, full, Config=self._transfer)
+            if not isinstance(body, bytes):
+                start = body.tell()
+                size = body.seek(0, io.SEEK_END) - start
+                body.seek(start)
+                if size > self._transfer.multipart_threshold:
+                    # s3transfer closes the file it reads: lend it one that cannot close ours (retries rewind it).
+                    self._client.upload_fileobj(cast(IO[Any], _Lent(body)), self.bucket, full, Config=self._transfer)
+                    return
+                body = body.read()
+            self._client.put_object(Bucket=self.bucket, Key=full, Body=body)
 
     def delete(self, keys: Iterable[str]) -> None:
         batch = [self.prefix + check_key(k) for k in keys]
@@ -142,6 +149,33 @@ class S3Client:
                     return False
                 raise
         return True
+
+
+class _Lent(io.RawIOBase):
+    """A borrowed, seekable file whose close() leaves the owner's file open."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._inner.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+    def close(self) -> None:
+        pass
 
 
 def _make_client(endpoint_url: str | None, region: str | None) -> Boto3S3Client:

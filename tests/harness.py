@@ -1,0 +1,144 @@
+"""Running the real thing in tests: the app (apps/writer.py) and `replicator replicate`, each a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from replicator import keys
+from replicator.keys import ObjectKey, SnapshotKey
+from replicator.restore import restore
+from replicator.storage import ReplicaClient
+
+WRITER = Path(__file__).parent / "apps" / "writer.py"
+
+
+@dataclass
+class Writer:
+    """The app: a separate process writing numbered rows with stdlib sqlite3."""
+
+    db: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, count: int, *, rate: float = 200.0, start: int = 1, **options: int) -> Writer:
+        extra = [a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+        args = [sys.executable, str(WRITER), str(self.db), "--rate", str(rate), "--count", str(count)]
+        self.proc = subprocess.Popen([*args, "--start", str(start), "--log", str(self.log), *extra])
+        return self
+
+    def wait(self, timeout: float = 120) -> None:
+        assert self.proc is not None
+        assert self.proc.wait(timeout) == 0
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.wait()
+
+    def committed(self) -> list[tuple[int, float]]:
+        """(id, commit time) of every row the app saw committed."""
+        if not self.log.exists():
+            return []
+        rows = []
+        for line in self.log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                rows.append((int(parts[0]), float(parts[1])))
+        return rows
+
+
+@dataclass
+class Replicator:
+    """`replicator replicate` as users run it: its own process, apsw inside, stopped by signal."""
+
+    db: Path
+    urls: Sequence[str]
+    options: Sequence[str] = ("--sync-interval", "200ms")
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    def start(self, *, ready_timeout: float = 30) -> Replicator:
+        """Start it and wait until it has said something (its signal handlers are in place by then)."""
+        cmd = [sys.executable, "-m", "replicator_cli", "replicate", str(self.db), *self.urls, *self.options]
+        self.log = self.db.parent / f"replicator-{time.monotonic_ns()}.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+        deadline = time.monotonic() + ready_timeout
+        while " INFO " not in self.output and self.proc.poll() is None:
+            assert time.monotonic() < deadline, f"replicator did not start:\n{self.output}"
+            time.sleep(0.02)
+        return self
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text() if self.log and self.log.exists() else ""
+
+    def wait(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, then the exit code (the final sync has happened when it returns 0)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.wait()
+
+
+def rows(db: Path) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT id, payload, note FROM t ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def restored_rows(client: ReplicaClient, tmp: Path, **target: int | None) -> list[tuple[object, ...]]:
+    """Restore the replica into a fresh file, check it, and return its rows."""
+    out = tmp / f"restored-{time.monotonic_ns()}.db"
+    restore(client, out, **target)
+    conn = sqlite3.connect(out)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()
+    return rows(out)
+
+
+def inventory(client: ReplicaClient) -> list[ObjectKey]:
+    return [keys.parse(o.key) for o in client.list(keys.GENERATIONS)]
+
+
+def generations(client: ReplicaClient) -> set[int]:
+    return {k.generation for k in inventory(client)}
+
+
+def snapshots(client: ReplicaClient) -> list[SnapshotKey]:
+    return [k for k in inventory(client) if isinstance(k, SnapshotKey)]
+
+
+def wipe_local(db: Path) -> None:
+    """What a redeploy does to a container's disk: the database, its WAL and -shm, and our state are gone."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    state = db.parent / f".{db.name}-replicator"
+    if state.exists():
+        for path in sorted(state.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        state.rmdir()
