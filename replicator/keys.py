@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import MalformedKey
@@ -86,6 +87,18 @@ def parse(key: str) -> ObjectKey:
             raise MalformedKey(key, "segment txid range is reversed")
         return SegmentKey(gen, first, last, ts)
     raise MalformedKey(key, "not a snapshot or segment key of this tool")
+
+
+def parse_listing(names: Iterable[str]) -> tuple[list[ObjectKey], list[str]]:
+    """Split the keys listed in a replica into our objects and foreign ones (reported, never fatal)."""
+    ours: list[ObjectKey] = []
+    foreign: list[str] = []
+    for name in names:
+        try:
+            ours.append(parse(name))
+        except MalformedKey:
+            foreign.append(name)
+    return ours, foreign
 
 
 def new_generation_id(now_ms: int | None = None) -> int:

@@ -33,13 +33,13 @@ from pathlib import Path
 
 from . import keys, segment, wal
 from .batch import encode_batch, plan_batch, split_batches
-from .errors import MalformedKey, ReplicatorError, StorageError
+from .errors import ReplicatorError, StorageError, TransientStorageError
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .snapshot import build_overlay, write_snapshot
 from .sqlite import Database, DatabaseBusy, FileIdentity, check_database_file
 from .state import ShipperState, StateDir, WalPosition
 from .storage import ReplicaClient
-from .uploader import Hub, Uploader
+from .uploader import Hub, Uploader, inventory
 from .walfile import WalFile
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,14 @@ class Replicator:
             return
         inventories = self._open(stop)
         uploaders = [
-            Uploader(self.hub, c, self.state_dir, inventories[c.url], retention_us=int(self.settings.retention * 1e6))
+            Uploader(
+                self.hub,
+                c,
+                self.state_dir,
+                inventories[c.url],
+                check=self.replica_problem,
+                retention_us=int(self.settings.retention * 1e6),
+            )
             for c in self.clients
         ]
         self.hub.uploaders = uploaders
@@ -130,7 +137,7 @@ class Replicator:
                 return False
         return True
 
-    def _open(self, stop: threading.Event) -> dict[str, set[ObjectKey]]:
+    def _open(self, stop: threading.Event) -> dict[str, set[ObjectKey] | None]:
         """Open the database, check local state against it and the replicas, start or continue a generation."""
         while True:
             try:
@@ -140,7 +147,7 @@ class Replicator:
                 if stop.wait(0.05):
                     raise
 
-    def _try_open(self) -> dict[str, set[ObjectKey]]:
+    def _try_open(self) -> dict[str, set[ObjectKey] | None]:
         self.db = Database(self.db_path, lock_timeout_ms=self.settings.lock_timeout_ms)
         if self.db.ensure_wal_mode():
             log.info("switched %s to WAL mode (replication needs it)", self.db_path)
@@ -190,34 +197,41 @@ class Replicator:
                 return "the WAL was rewritten while the replicator was not running"
         return None
 
-    def _inventory(self, client: ReplicaClient) -> set[ObjectKey]:
-        found: set[ObjectKey] = set()
-        foreign = 0
-        for info in client.list(keys.GENERATIONS):
-            try:
-                found.add(keys.parse(info.key))
-            except MalformedKey:
-                foreign += 1
-        if foreign:
-            log.warning("%s holds %d objects that are not ours; ignoring them", client.url, foreign)
-        return found
+    def _inventory(self, client: ReplicaClient) -> set[ObjectKey] | None:
+        """What the replica holds (one LIST), or None if it cannot be reached right now."""
+        try:
+            return inventory(client)
+        except TransientStorageError as exc:
+            log.error("cannot reach %s (%s); replicating to the others meanwhile", client.url, exc)
+            return None
 
-    def _replica_problem(self, state: ShipperState, inventories: dict[str, set[ObjectKey]]) -> str | None:
+    def replica_problem(self, client: ReplicaClient, held: set[ObjectKey]) -> str | None:
+        """Why this replica's content does not fit our chain, or None (also asked by its uploader later)."""
+        state = self.state
+        if state is None:
+            return None
         ours = keys.chain_order(SnapshotKey(state.generation, state.txid, 0))
-        spooled = {keys.parse(o.key) for o in self.state_dir.spool.list(keys.GENERATIONS)}
-        for client in self.clients:
-            held = inventories[client.url]
-            if any(k.generation > state.generation for k in held):
-                return f"{client.url} holds a newer generation (another replicator writes there?)"
-            mine = [k for k in held if k.generation == state.generation]
-            if any(keys.chain_order(k) > ours for k in mine):
-                return f"{client.url} holds transactions of ours that we never shipped"
-            based = any(isinstance(k, SnapshotKey) for k in mine) or any(
-                isinstance(k, SnapshotKey) and k.generation == state.generation for k in spooled
-            )
-            if not based:
-                return f"{client.url} does not hold the current generation (new or wiped replica)"
+        if any(k.generation > state.generation for k in held):
+            return f"{client.url} holds a newer generation (another replicator writes there?)"
+        mine = [k for k in held if k.generation == state.generation]
+        if any(keys.chain_order(k) > ours for k in mine):
+            return f"{client.url} holds transactions of ours that we never shipped"
+        spooled = self.hub.has_snapshot(state.generation)
+        if not spooled and not any(isinstance(k, SnapshotKey) for k in mine):
+            return f"{client.url} does not hold the current generation (new or wiped replica)"
         return None
+
+    def _replica_problem(self, state: ShipperState, inventories: dict[str, set[ObjectKey] | None]) -> str | None:
+        saved, self.state = self.state, state
+        try:
+            for client in self.clients:
+                held = inventories[client.url]
+                problem = None if held is None else self.replica_problem(client, held)
+                if problem:
+                    return problem
+            return None
+        finally:
+            self.state = saved
 
     def _reconcile_spool(self, state: ShipperState | None) -> None:
         """Drop what was captured but never recorded (a crash between spool write and state save)."""
@@ -271,7 +285,12 @@ class Replicator:
             else:
                 self._capture()
             shipped = True
-        self._maybe_snapshot()
+        if self.hub.snapshot_wanted:
+            self.hub.snapshot_wanted = False
+            log.info("a replica lacks the current generation: taking a snapshot for it")
+            self._snapshot()
+        else:
+            self._maybe_snapshot()
         return shipped
 
     def _has_news(self, index: wal.WalIndexHeader | None) -> bool:

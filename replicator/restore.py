@@ -23,7 +23,7 @@ from typing import BinaryIO
 import apsw
 
 from . import keys
-from .errors import FormatError, ReplicatorError
+from .errors import ReplicatorError
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .segment import SegmentReader
 from .storage import ObjectReader, ReplicaClient
@@ -120,13 +120,7 @@ def plan_restore(
 
 def list_objects(client: ReplicaClient) -> list[ObjectKey]:
     """Every object of ours in the replica; foreign keys are skipped (see keys.parse)."""
-    found = []
-    for info in client.list(keys.GENERATIONS):
-        try:
-            found.append(keys.parse(info.key))
-        except FormatError:
-            continue
-    return found
+    return keys.parse_listing(o.key for o in client.list(keys.GENERATIONS))[0]
 
 
 def apply_plan(client: ReplicaClient, plan: RestorePlan, output: Path) -> None:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from . import keys
 from .errors import StorageError
 from .keys import ObjectKey, SnapshotKey, chain_order
 from .retention import plan_retention
@@ -31,6 +32,16 @@ Position = tuple[int, int, int]
 NOTHING: Position = (-1, -1, -1)
 
 
+def inventory(client: ReplicaClient) -> set[ObjectKey]:
+    """Every object of ours a replica holds (one LIST); foreign keys are logged and ignored."""
+    ours, foreign = keys.parse_listing(o.key for o in client.list(keys.GENERATIONS))
+    if foreign:
+        log.warning(
+            "%s holds %d objects that are not ours (e.g. %s); ignoring them", client.url, len(foreign), foreign[0]
+        )
+    return set(ours)
+
+
 class Hub:
     """What the capture loop has spooled, and how far each replica has taken it."""
 
@@ -40,6 +51,11 @@ class Hub:
         self._orders: list[Position] = []  # sorted: the chain order of each spooled object
         self._keys: dict[Position, ObjectKey] = {}
         self.uploaders: list[Uploader] = []
+        self.snapshot_wanted = False  # set by an uploader whose replica lacks the current generation
+
+    def has_snapshot(self, generation: int) -> bool:
+        with self.cond:
+            return any(isinstance(k, SnapshotKey) and k.generation == generation for k in self._keys.values())
 
     def add(self, key: ObjectKey) -> None:
         order = chain_order(key)
@@ -77,8 +93,9 @@ class Uploader(threading.Thread):
         hub: Hub,
         client: ReplicaClient,
         state_dir: StateDir,
-        inventory: set[ObjectKey],
+        inventory: set[ObjectKey] | None,
         *,
+        check: Callable[[ReplicaClient, set[ObjectKey]], str | None],
         retention_us: int,
         retention_check_s: float = 60.0,
         clock: Callable[[], float] = time.time,
@@ -87,7 +104,9 @@ class Uploader(threading.Thread):
         self.hub = hub
         self.client = client
         self.state_dir = state_dir
-        self.inventory = inventory
+        self.inventory = inventory  # None until the replica has answered a LIST
+        self.check = check
+        self.refused: str | None = None
         self.position = state_dir.load_replica(client.url) or NOTHING
         self.retention_us = retention_us
         self.retention_check_s = retention_check_s
@@ -123,6 +142,10 @@ class Uploader(threading.Thread):
             if self._deadline is not None and time.monotonic() > self._deadline:
                 return
             try:
+                if self.inventory is None:
+                    self._discover()
+                if self.refused:
+                    return
                 self._upload(key)
             except (StorageError, OSError) as exc:
                 if self.failing_since is None:
@@ -140,15 +163,29 @@ class Uploader(threading.Thread):
                 self._apply_retention()
                 last_retention = self.clock()
 
+    def _discover(self) -> None:
+        """First contact with a replica that was unreachable at start-up: the checks start-up would have made."""
+        held = inventory(self.client)
+        problem = self.check(self.client, held)
+        if problem and "does not hold the current generation" in problem:
+            self.hub.snapshot_wanted = True
+        elif problem:
+            self.refused = problem
+            log.error("not uploading to %s: %s", self.client.url, problem)
+        self.inventory = held
+
     def _upload(self, key: ObjectKey) -> None:
         with open(self.hub.spool.path(key.key), "rb") as f:
             self.client.put(key.key, f)
         self.position = chain_order(key)
         self.state_dir.save_replica(self.client.url, self.position)
+        assert self.inventory is not None
         self.inventory.add(key)
         self.hub.collect()
 
     def _apply_retention(self) -> None:
+        if self.inventory is None or self.refused:
+            return
         doomed = plan_retention(self.inventory, int(self.clock() * 1_000_000), self.retention_us)
         if not doomed:
             return

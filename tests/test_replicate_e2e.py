@@ -186,3 +186,21 @@ def test_a_replica_failing_one_request_in_five_loses_nothing(
     assert proxy.failures >= 3, (proxy.requests, proxy.failures)
     assert "SlowDown" in repl.output  # the failures were seen, and retried
     assert restored_rows(moto_replica.client, tmp_path) == rows(app_db)
+
+
+def test_a_dead_replica_holds_up_no_other_and_fails_the_final_sync_loudly(
+    app_db: Path, file_replica: Replica, tmp_path: Path
+) -> None:
+    dead = "s3://bucket/prefix?endpoint=http://127.0.0.1:9"  # nothing listens on port 9
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
+    repl = Replicator(
+        app_db, [file_replica.url, dead], ("--sync-interval", "200ms", "--shutdown-timeout", "2s"), env
+    ).start()
+    writer_for(app_db).start(count=300, rate=300).wait()
+    time.sleep(1.0)
+    code = repl.stop()
+    assert code != 0
+    last = repl.output.strip().splitlines()[-1]
+    assert last.startswith("error:") and "final sync failed" in last
+    assert "s3://bucket/prefix/" in last and "objects behind" in last
+    assert restored_rows(file_replica.client, tmp_path) == rows(app_db)  # the live replica got everything
