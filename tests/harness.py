@@ -69,7 +69,8 @@ class Replicator:
 
     def start(self, *, ready_timeout: float = 30) -> Replicator:
         """Start it and wait until it has said something (its signal handlers are in place by then)."""
-        cmd = [sys.executable, "-m", "replicator_cli", "replicate", str(self.db), *self.urls, *self.options]
+        target = [] if "-c" in self.options else [str(self.db), *self.urls]
+        cmd = [sys.executable, "-m", "replicator_cli", "replicate", *target, *self.options]
         self.log = self.db.parent / f"replicator-{time.monotonic_ns()}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env})

@@ -15,6 +15,8 @@ from conftest import Replica, S3Server
 from faulty_proxy import FaultyProxy
 from harness import Replicator, Writer, generations, restored_rows, rows, snapshots, wipe_local
 
+from replicator.storage import FileClient
+
 INTERVAL = 0.2
 
 
@@ -204,3 +206,23 @@ def test_a_dead_replica_holds_up_no_other_and_fails_the_final_sync_loudly(
     assert last.startswith("error:") and "final sync failed" in last
     assert "s3://bucket/prefix/" in last and "objects behind" in last
     assert restored_rows(file_replica.client, tmp_path) == rows(app_db)  # the live replica got everything
+
+
+def test_a_config_file_replicates_several_databases(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    dbs = [tmp_path / "app" / "one.db", tmp_path / "app" / "two.db"]
+    config = tmp_path / "replicator.yml"
+    config.write_text(
+        "sync-interval: 200ms\n"
+        "dbs:\n"
+        f"  - path: {dbs[0]}\n    replicas: [{tmp_path / 'r1'}]\n"
+        f"  - path: {dbs[1]}\n    replicas: [{tmp_path / 'r2a'}, {tmp_path / 'r2b'}]\n    retention: 1h\n"
+    )
+    repl = Replicator(dbs[0], [], ("-c", str(config))).start()
+    writers = [Writer(db, db.with_suffix(".log")).start(count=200, rate=400) for db in dbs]
+    for w in writers:
+        w.wait()
+    assert repl.stop() == 0, repl.output
+    for db, roots in ((dbs[0], ["r1"]), (dbs[1], ["r2a", "r2b"])):
+        for root in roots:
+            assert restored_rows(FileClient(tmp_path / root), tmp_path) == rows(db)
