@@ -14,19 +14,23 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar, cast
 
 import apsw
 
 from . import keys
 from .errors import ReplicatorError
 from .keys import ObjectKey, SegmentKey, SnapshotKey
-from .segment import SegmentReader
-from .storage import ObjectReader, ReplicaClient
+from .segment import Readable, SegmentReader
+from .storage import ReplicaClient
+
+T = TypeVar("T")
 
 
 class RestoreError(ReplicatorError):
@@ -69,7 +73,7 @@ def plan_restore(
         by_generation[obj.generation].append(obj)
     based = {g: items for g, items in by_generation.items() if any(isinstance(k, SnapshotKey) for k in items)}
     if not based:
-        raise ReplicaEmpty("the replica holds no snapshot to restore from")
+        raise ReplicaEmpty("the replica holds no snapshot to restore from (nothing replicated there yet?)")
     if generation is not None:
         if generation not in based:
             raise RestoreError(f"generation {generation:016x} is not in the replica (or has no snapshot)")
@@ -78,7 +82,12 @@ def plan_restore(
         started = {g: min(k.time_us for k in items if isinstance(k, SnapshotKey)) for g, items in based.items()}
         candidates = [g for g in based if started[g] <= timestamp_us]
         if not candidates:
-            raise RestoreError("the target time is before the earliest restorable point of the replica")
+            span = restorable_span(k for items in based.values() for k in items)
+            assert span is not None
+            raise RestoreError(
+                f"{format_time(timestamp_us)} is before the earliest restorable point; the replica can restore "
+                f"from {format_time(span[0])} to {format_time(span[1])}"
+            )
         chosen = max(candidates, key=lambda g: (started[g], g))
     else:
         chosen = max(based, key=lambda g: (_last_write(based[g]), g))
@@ -118,28 +127,84 @@ def plan_restore(
     return RestorePlan(chosen, snapshot, tuple(chain))
 
 
-def list_objects(client: ReplicaClient) -> list[ObjectKey]:
-    """Every object of ours in the replica; foreign keys are skipped (see keys.parse)."""
-    return keys.parse_listing(o.key for o in client.list(keys.GENERATIONS))[0]
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What a replica holds: our objects with their sizes, and the keys that are not ours."""
+
+    sizes: dict[ObjectKey, int]
+    foreign: list[str]
+
+    @property
+    def objects(self) -> list[ObjectKey]:
+        return list(self.sizes)
+
+    def bytes_of(self, plan: RestorePlan) -> int:
+        return sum(self.sizes[k] for k in plan.objects)
 
 
-def apply_plan(client: ReplicaClient, plan: RestorePlan, output: Path) -> None:
-    """Build the database of `plan` at `output`, which must not exist yet."""
-    output = output.absolute()
+def list_replica(client: ReplicaClient) -> Listing:
+    infos = list(client.list(keys.GENERATIONS))
+    ours, foreign = keys.parse_listing(o.key for o in infos)
+    size = {o.key: o.size for o in infos}
+    return Listing({k: size[k.key] for k in ours}, foreign)
+
+
+def restorable_span(objects: Iterable[ObjectKey]) -> tuple[int, int] | None:
+    """(earliest, latest) restorable times in the replica, microseconds; None if nothing is restorable."""
+    items = list(objects)
+    starts = [k.time_us for k in items if isinstance(k, SnapshotKey)]
+    if not starts:
+        return None
+    return min(starts), _last_write(items)
+
+
+def format_time(time_us: int) -> str:
+    return datetime.fromtimestamp(time_us / 1e6, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+Progress = Callable[[int], None]  # called with each number of bytes fetched
+
+
+def check_output(output: Path) -> None:
+    """Fail before fetching anything if the output cannot be written."""
     if output.exists():
-        raise RestoreError(f"{output} already exists; remove it or restore elsewhere")
+        raise RestoreError(f"{output} already exists; remove it, restore elsewhere, or use --if-db-not-exists")
     if not output.parent.is_dir():
         raise RestoreError(f"{output.parent} is not a directory")
+    if not os.access(output.parent, os.W_OK | os.X_OK):
+        raise RestoreError(f"cannot write in {output.parent} (permission denied)")
+
+
+def apply_plan(
+    client: ReplicaClient,
+    plan: RestorePlan,
+    output: Path,
+    *,
+    sizes: dict[ObjectKey, int] | None = None,
+    parallelism: int = 8,
+    progress: Progress | None = None,
+) -> None:
+    """Build the database of `plan` at `output`, which must not exist yet.
+
+    Objects are fetched by `parallelism` threads (ranged GETs, each retried by the client) while they are
+    applied strictly in order; memory holds at most a few chunks per thread, whatever the database size.
+    """
+    output = output.absolute()
+    check_output(output)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.restore-", dir=output.parent)
     except OSError as exc:
         raise RestoreError(f"cannot write in {output.parent}: {exc.strerror}") from None
     tmp = Path(tmp_name)
+    fetch = _Fetcher(client, output.parent, max(1, parallelism), sizes or {}, progress)
     try:
-        with os.fdopen(fd, "r+b") as f:
-            _write_snapshot(client, plan.snapshot, f)
-            for seg in plan.segments:
-                _apply_segment(client, seg, f)
+        with os.fdopen(fd, "r+b") as f, fetch:
+            snapshot = fetch.stream(plan.snapshot)
+            for chunk in SegmentReader(snapshot, plan.snapshot.key, expect=plan.snapshot).image():
+                f.write(chunk)
+            for seg, body in zip(plan.segments, fetch.in_order(plan.segments), strict=True):
+                with body:
+                    _apply_segment(SegmentReader(body, seg.key, expect=seg), f)
             f.flush()
             os.fsync(f.fileno())
         _check_integrity(tmp)
@@ -151,20 +216,110 @@ def apply_plan(client: ReplicaClient, plan: RestorePlan, output: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_snapshot(client: ReplicaClient, key: SnapshotKey, f: BinaryIO) -> None:
-    reader = SegmentReader(ObjectReader(client, key.key), key.key, expect=key)
-    for chunk in reader.image():
-        f.write(chunk)
-
-
-def _apply_segment(client: ReplicaClient, key: SegmentKey, f: BinaryIO) -> None:
-    reader = SegmentReader(ObjectReader(client, key.key), key.key, expect=key)
+def _apply_segment(reader: SegmentReader, f: BinaryIO) -> None:
     page_size = reader.header.page_size
     for commit, pages in reader.commits():
         for pgno, image in pages:
             f.seek((pgno - 1) * page_size)
             f.write(image)
         f.truncate(commit.db_size * page_size)
+
+
+class _Fetcher:
+    """Parallel ranged downloads with a bounded window, handed back in order."""
+
+    CHUNK = 4 << 20
+    STREAM_AHEAD = 4
+    IN_MEMORY = 8 << 20  # a segment bigger than this waits on disk (beside the output), not in memory
+
+    def __init__(
+        self, client: ReplicaClient, scratch: Path, workers: int, sizes: dict[ObjectKey, int], progress: Progress | None
+    ) -> None:
+        self.client = client
+        self.scratch = scratch
+        self.workers = workers
+        self.sizes = sizes
+        self.progress = progress
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+
+    def __enter__(self) -> _Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _get(self, key: str, offset: int, length: int) -> bytes:
+        data = self.client.get(key, offset, length)
+        if self.progress:
+            self.progress(len(data))
+        return data
+
+    def stream(self, key: ObjectKey) -> Readable:
+        """A reader over the whole object, its chunks fetched `workers` ahead."""
+        size = self.sizes.get(key)
+        if size is None:
+            return _Chunks(iter([self._get(key.key, 0, 1 << 62)]))
+        offsets = range(0, size, self.CHUNK)
+        futures = (self.pool.submit(self._get, key.key, o, self.CHUNK) for o in offsets)
+        # A few chunks ahead is enough to hide request latency; more would only hold memory.
+        return _Chunks(f.result() for f in _window(futures, min(self.workers, self.STREAM_AHEAD)))
+
+    def in_order(self, segments: Sequence[SegmentKey]) -> Iterator[BinaryIO]:
+        """Each segment downloaded whole (in parallel, `workers` ahead), yielded in the given order."""
+        futures = (self.pool.submit(self._download, seg) for seg in segments)
+        for future in _window(futures, self.workers):
+            yield future.result()
+
+    def _download(self, key: ObjectKey) -> BinaryIO:
+        body = tempfile.SpooledTemporaryFile(max_size=self.IN_MEMORY, mode="w+b", dir=str(self.scratch))  # noqa: SIM115
+        try:
+            offset = 0
+            while True:
+                data = self._get(key.key, offset, self.CHUNK)
+                body.write(data)
+                offset += len(data)
+                if len(data) < self.CHUNK:
+                    break
+            body.seek(0)
+        except BaseException:
+            body.close()
+            raise
+        return cast(BinaryIO, body)
+
+
+def _window(futures: Iterator[Future[T]], size: int) -> Iterator[Future[T]]:
+    """Keep `size` futures submitted ahead of the one being consumed."""
+    pending: deque[Future[T]] = deque()
+    for future in futures:
+        pending.append(future)
+        if len(pending) > size:
+            yield pending.popleft()
+    yield from pending
+
+
+class _Chunks:
+    """A read() interface over an iterator of byte chunks (copies only what each read returns)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._current = b""
+        self._pos = 0
+
+    def read(self, size: int = -1) -> bytes:
+        parts = []
+        while size != 0:
+            if self._pos >= len(self._current):
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._current, self._pos = chunk, 0
+            available = len(self._current) - self._pos
+            take = available if size < 0 else min(size, available)
+            parts.append(self._current[self._pos : self._pos + take])
+            self._pos += take
+            if size > 0:
+                size -= take
+        return b"".join(parts)
 
 
 def _check_integrity(path: Path) -> None:
@@ -187,8 +342,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def restore(client: ReplicaClient, output: Path, **target: int | None) -> RestorePlan:
+def restore(client: ReplicaClient, output: Path, *, parallelism: int = 8, **target: int | None) -> RestorePlan:
     """Plan and apply: the latest state, or the one at `txid=` / `timestamp_us=` / in `generation=`."""
-    plan = plan_restore(list_objects(client), **target)
-    apply_plan(client, plan, output)
+    check_output(output.absolute())
+    listing = list_replica(client)
+    plan = plan_restore(listing.objects, **target)
+    apply_plan(client, plan, output, sizes=listing.sizes, parallelism=parallelism)
     return plan

@@ -1,0 +1,91 @@
+"""What several commands share: logging, where a replica comes from, and the parameter types."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from replicator.storage import ReplicaClient
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def open_source(source: str, config: Path | None) -> tuple[ReplicaClient, Path | None]:
+    """The replica a command reads: SOURCE is a replica URL, or with -c a database path from the config.
+
+    Returns the client and, with -c, the database path (restore's default output).
+    """
+    from replicator.config import load_config
+    from replicator.errors import ConfigError
+    from replicator.storage import open_client
+
+    if config is None:
+        return open_client(source), None
+    wanted = Path(source).absolute()
+    for db in load_config(config):
+        if db.path.absolute() == wanted:
+            return open_client(db.replicas[0]), db.path
+    raise ConfigError(f"{source} is not a database in {config}")
+
+
+class Timestamp(click.ParamType):
+    """RFC 3339 with a zone (2026-11-21T14:03:00Z, 2026-11-21T15:03:00+01:00) -> microseconds since the epoch."""
+
+    name = "TIMESTAMP"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        try:
+            moment = datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            self.fail(f"{text!r} is not an RFC 3339 time such as 2026-11-21T14:03:00Z", param, ctx)
+        if moment.tzinfo is None:
+            self.fail(f"{text!r} has no time zone: add Z (UTC) or an offset such as +01:00", param, ctx)
+        return int(moment.timestamp() * 1_000_000)
+
+
+class Txid(click.ParamType):
+    """A transaction id as the listings show it: decimal, or hex with 0x."""
+
+    name = "TXID"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            number = int(str(value), 0)
+        except ValueError:
+            self.fail(f"{value!r} is not a transaction id (a number; 0x for hex)", param, ctx)
+        if number < 0:
+            self.fail("a transaction id is not negative", param, ctx)
+        return number
+
+
+class GenerationId(click.ParamType):
+    """A generation id: the 16 hex digits the listings show."""
+
+    name = "GENERATION"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if len(text) != 16 or any(c not in "0123456789abcdef" for c in text):
+            self.fail(
+                f"{value!r} is not a generation id (16 hex digits, as `replicator generations` shows)", param, ctx
+            )
+        return int(text, 16)

@@ -1,0 +1,142 @@
+"""`replicator generations | snapshots | wal`: what a replica holds, as tables or JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import open_source
+
+
+def _source_options(f: Any) -> Any:
+    f = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(f)
+    f = click.option(
+        "-c", "--config", type=click.Path(dir_okay=False, path_type=Path), help="SOURCE is a DB path in this config."
+    )(f)
+    return click.argument("source")(f)
+
+
+def _listing(source: str, config: Path | None) -> Any:
+    from replicator.restore import list_replica
+
+    client, _ = open_source(source, config)
+    listing = list_replica(client)
+    if listing.foreign:
+        click.echo(
+            f"warning: {len(listing.foreign)} objects are not ours (e.g. {listing.foreign[0]}); ignored", err=True
+        )
+    return listing
+
+
+def _print(rows: list[dict[str, Any]], columns: list[tuple[str, str]], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    cells = [[title for title, _ in columns]] + [[str(row[key]) for _, key in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+@click.command()
+@_source_options
+def generations(source: str, config: Path | None, as_json: bool) -> None:
+    """List the generations in a replica (newest last), with their time span and size."""
+    from replicator.keys import SnapshotKey
+    from replicator.restore import format_time
+
+    listing = _listing(source, config)
+    by_gen: dict[int, list[Any]] = defaultdict(list)
+    for key in listing.sizes:
+        by_gen[key.generation].append(key)
+    now_us = time.time_ns() // 1000
+    rows = []
+    for gen, items in by_gen.items():
+        snaps = [k for k in items if isinstance(k, SnapshotKey)]
+        segs = [k for k in items if not isinstance(k, SnapshotKey)]
+        times = [k.time_us for k in snaps] + [k.last_time_us for k in segs]
+        first_txid = min(k.txid for k in snaps) if snaps else min(k.first_txid for k in segs)
+        last_txid = max([k.txid for k in snaps] + [k.last_txid for k in segs])
+        rows.append(
+            {
+                "generation": f"{gen:016x}",
+                "started": format_time(min(k.time_us for k in snaps)) if snaps else "-",
+                "last_write": format_time(max(times)),
+                "lag_s": round((now_us - max(times)) / 1e6, 1),
+                "snapshots": len(snaps),
+                "segments": len(segs),
+                "txids": f"{first_txid}-{last_txid}",
+                "bytes": sum(listing.sizes[k] for k in items),
+                "restorable": bool(snaps),
+                "_order": min(times),
+            }
+        )
+    rows.sort(key=lambda r: (r.pop("_order"), r["generation"]))
+    if not as_json:
+        for row in rows:
+            row["size"] = _mb(row["bytes"])
+    _print(
+        rows,
+        [("GENERATION", "generation"), ("STARTED", "started"), ("LAST WRITE", "last_write"), ("LAG (s)", "lag_s"),
+         ("SNAPSHOTS", "snapshots"), ("SEGMENTS", "segments"), ("TXIDS", "txids"), ("SIZE", "size")],
+        as_json,
+    )  # fmt: skip
+
+
+@click.command()
+@_source_options
+def snapshots(source: str, config: Path | None, as_json: bool) -> None:
+    """List the snapshots in a replica (oldest first)."""
+    from replicator.keys import SnapshotKey, chain_order
+    from replicator.restore import format_time
+
+    listing = _listing(source, config)
+    keys = sorted((k for k in listing.sizes if isinstance(k, SnapshotKey)), key=chain_order)
+    rows = [
+        {
+            "generation": f"{k.generation:016x}",
+            "txid": k.txid,
+            "time": format_time(k.time_us),
+            "bytes": listing.sizes[k],
+        }
+        for k in keys
+    ]
+    if not as_json:
+        for row in rows:
+            row["size"] = _mb(row["bytes"])
+    _print(rows, [("GENERATION", "generation"), ("TXID", "txid"), ("TIME", "time"), ("SIZE", "size")], as_json)
+
+
+@click.command()
+@_source_options
+def wal(source: str, config: Path | None, as_json: bool) -> None:
+    """List the WAL segments in a replica (oldest first): the transactions each one ships."""
+    from replicator.keys import SegmentKey, chain_order
+    from replicator.restore import format_time
+
+    listing = _listing(source, config)
+    keys = sorted((k for k in listing.sizes if isinstance(k, SegmentKey)), key=chain_order)
+    rows = [
+        {
+            "generation": f"{k.generation:016x}",
+            "first_txid": k.first_txid,
+            "last_txid": k.last_txid,
+            "time": format_time(k.last_time_us),
+            "bytes": listing.sizes[k],
+        }
+        for k in keys
+    ]
+    if not as_json:
+        for row in rows:
+            row["txids"] = f"{row['first_txid']}-{row['last_txid']}"
+            row["size"] = f"{row['bytes']} B"
+    _print(rows, [("GENERATION", "generation"), ("TXIDS", "txids"), ("TIME", "time"), ("SIZE", "size")], as_json)

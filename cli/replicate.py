@@ -1,0 +1,64 @@
+"""`replicator replicate`: run beside the app and ship its WAL."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from .common import setup_logging
+
+
+@click.command()
+@click.argument("db_path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("replica_urls", nargs=-1)
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="YAML config.")
+@click.option("--sync-interval", help="At most one upload per replica per interval while busy. [default: 1s]")
+@click.option("--snapshot-interval", help="How often to take a fresh snapshot. [default: 24h]")
+@click.option("--retention", help="Point-in-time restore window kept on the replicas. [default: 24h]")
+@click.option("--min-checkpoint-pages", type=int, help="Checkpoint once the WAL holds this many pages. [default: 1000]")
+@click.option("--shutdown-timeout", help="Longest wait for the final upload on SIGTERM. [default: 30s]")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def replicate(
+    db_path: Path | None,
+    replica_urls: tuple[str, ...],
+    config_path: Path | None,
+    verbose: bool,
+    **options: str | int | None,
+) -> None:
+    """Tail a database's WAL and ship committed transactions to one or more replicas.
+
+    \b
+      replicator replicate /data/app.db s3://bucket/app [/backups/app ...]
+      replicator replicate -c replicator.yml
+
+    Runs until SIGTERM or SIGINT, then ships everything committed and exits 0 (non-zero if that fails).
+    """
+    from replicator.config import DatabaseConfig, load_config, make_settings
+    from replicator.replicate import Replicator, run_all
+    from replicator.storage import open_client
+
+    setup_logging(verbose)
+    if config_path is not None:
+        if db_path is not None or replica_urls:
+            raise click.UsageError("give either -c CONFIG or DB_PATH REPLICA_URL..., not both")
+        databases = load_config(config_path)
+        overrides = {k: v for k, v in options.items() if v is not None}
+        databases = [DatabaseConfig(d.path, d.replicas, make_settings(overrides, d.settings)) for d in databases]
+    else:
+        if db_path is None or not replica_urls:
+            raise click.UsageError("give DB_PATH and at least one REPLICA_URL (or -c CONFIG)")
+        databases = [DatabaseConfig(db_path, list(replica_urls), make_settings(dict(options)))]
+
+    replicators = [Replicator(d.path, [open_client(u) for u in d.replicas], d.settings) for d in databases]
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    errors = run_all(replicators, stop)
+    if errors:
+        for error in errors:
+            click.echo(f"error: {error}", err=True)
+        sys.exit(1)

@@ -1,0 +1,107 @@
+"""`replicator restore`: rebuild a database from a replica, latest or at a point in time."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from .common import GenerationId, Timestamp, Txid, open_source
+
+
+@click.command()
+@click.argument("source")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Database file to create.")
+@click.option(
+    "-c",
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Take the replica of SOURCE (a DB path) from this config.",
+)
+@click.option("--timestamp", type=Timestamp(), help="Restore the state as of this time (RFC 3339 with zone).")
+@click.option("--txid", type=Txid(), help="Restore the state as of this transaction id.")
+@click.option("--generation", type=GenerationId(), help="Restore from this generation (16 hex digits).")
+@click.option("--if-db-not-exists", is_flag=True, help="Do nothing (exit 0) if the output already exists.")
+@click.option("--if-replica-exists", is_flag=True, help="Do nothing (exit 0) if the replica holds no data.")
+@click.option("--parallelism", type=click.IntRange(1, 64), default=8, show_default=True, help="Concurrent downloads.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (generation, objects, bytes) and fetch nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+def restore(
+    source: str,
+    *,
+    output: Path | None,
+    config: Path | None,
+    timestamp: int | None,
+    txid: int | None,
+    generation: int | None,
+    if_db_not_exists: bool,
+    if_replica_exists: bool,
+    parallelism: int,
+    dry_run: bool,
+    quiet: bool,
+) -> None:
+    """Rebuild a database from a replica: its latest state, or as of --timestamp / --txid.
+
+    \\b
+      replicator restore s3://bucket/app -o /data/app.db
+      replicator restore --timestamp 2026-11-21T14:03:00Z s3://bucket/app -o /tmp/before.db
+      replicator restore -c replicator.yml /data/app.db --if-db-not-exists --if-replica-exists
+
+    The output appears only when it is complete and has passed PRAGMA integrity_check.
+    """
+    from replicator import restore as lib
+    from replicator.errors import ReplicatorError
+
+    client, configured = open_source(source, config)
+    output = output or configured
+    if output is None and not dry_run:
+        raise click.UsageError("give -o OUTPUT (or -c CONFIG with a database path)")
+    say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
+    if output is not None and if_db_not_exists and output.exists():
+        say(f"{output} exists; nothing to do (--if-db-not-exists)")
+        return
+    if output is not None and not dry_run:
+        lib.check_output(output.absolute())
+
+    listing = lib.list_replica(client)
+    if listing.foreign:
+        say(
+            f"warning: {len(listing.foreign)} objects in {client.url} are not ours (e.g. {listing.foreign[0]}); ignored"
+        )
+    if not listing.sizes and if_replica_exists:
+        say(f"no replica data at {client.url}; nothing restored (--if-replica-exists)")
+        return
+    try:
+        plan = lib.plan_restore(listing.objects, generation=generation, txid=txid, timestamp_us=timestamp)
+    except lib.ReplicaEmpty as exc:
+        raise ReplicatorError(f"{client.url}: {exc}; use --if-replica-exists to make that a success") from None
+    total = listing.bytes_of(plan)
+    last = plan.segments[-1].last_time_us if plan.segments else plan.snapshot.time_us
+    summary = (
+        f"generation {plan.generation:016x}, txid {plan.txid} (as of {lib.format_time(last)}), "
+        f"{len(plan.objects)} objects, {total / 1e6:.1f} MB"
+    )
+    if dry_run:
+        click.echo(f"would restore {summary}")
+        click.echo(f"  snapshot {plan.snapshot.key} ({listing.sizes[plan.snapshot]} bytes)")
+        for seg in plan.segments:
+            click.echo(f"  segment  {seg.key} ({listing.sizes[seg]} bytes)")
+        return
+
+    assert output is not None
+    started = time.monotonic()
+    show_bar = not quiet and sys.stderr.isatty()
+    with click.progressbar(
+        length=total, label="restoring", file=sys.stderr, show_pos=False, hidden=not show_bar
+    ) as bar:
+        lock = threading.Lock()
+
+        def progress(n: int) -> None:
+            with lock:
+                bar.update(n)
+
+        lib.apply_plan(client, plan, output, sizes=listing.sizes, parallelism=parallelism, progress=progress)
+    say(f"restored {output}: {summary} in {time.monotonic() - started:.1f}s")

@@ -1,0 +1,324 @@
+"""`replicator restore` and the listings, as an operator and a container entrypoint use them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from conftest import S3Server
+from harness import Replicator, Writer, generations, restored_rows, rows
+
+from replicator import keys, segment
+from replicator.storage import FileClient
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicator_cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
+def rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).isoformat()
+
+
+def assert_clean_failure(done: subprocess.CompletedProcess[str], says: str, directory: Path) -> None:
+    """One line on stderr naming the problem, non-zero exit, no traceback, nothing left in `directory`."""
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert says in done.stderr, done.stderr
+    assert [p.name for p in directory.iterdir()] == [], list(directory.iterdir())
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> tuple[Path, FileClient]:
+    """A small file replica of a database with a few hundred rows (snapshot + several segments)."""
+    (tmp_path / "app").mkdir()
+    db = tmp_path / "app" / "app.db"
+    replica = tmp_path / "replica"
+    repl = Replicator(db, [str(replica)], ("--sync-interval", "100ms")).start()
+    Writer(db, tmp_path / "commits.log").start(count=300, rate=600).wait()
+    assert repl.stop() == 0, repl.output
+    return db, FileClient(replica)
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
+
+
+# -- boot restore -----------------------------------------------------------------------------------
+
+
+def test_first_boot_with_no_replica_is_a_success_that_creates_nothing(tmp_path: Path, out_dir: Path) -> None:
+    done = cli("restore", str(tmp_path / "nothing-here"), "-o", str(out_dir / "app.db"), "--if-replica-exists")
+    assert done.returncode == 0, done.stderr
+    assert "nothing restored" in done.stderr
+    assert list(out_dir.iterdir()) == []
+
+
+def test_boot_with_the_database_present_leaves_it_untouched(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
+    existing = out_dir / "app.db"
+    existing.write_bytes(b"the app's own data")
+    done = cli("restore", str(replicated[1].root), "-o", str(existing), "--if-db-not-exists")
+    assert done.returncode == 0, done.stderr
+    assert existing.read_bytes() == b"the app's own data"
+
+
+def test_boot_on_a_wiped_disk_restores_the_database(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
+    db, client = replicated
+    Path(f"{out_dir / 'app.db'}-wal").write_bytes(b"stale")  # leftovers of an earlier life must not survive
+    done = cli("restore", str(client.root), "-o", str(out_dir / "app.db"), "--if-db-not-exists", "--if-replica-exists")
+    assert done.returncode == 0, done.stderr
+    assert rows(out_dir / "app.db") == rows(db)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["app.db"]
+
+
+def test_restore_reads_the_replica_from_a_config_file(replicated: tuple[Path, FileClient], tmp_path: Path) -> None:
+    db, client = replicated
+    config = tmp_path / "replicator.yml"
+    target = tmp_path / "restored" / "app.db"
+    target.parent.mkdir()
+    config.write_text(f"dbs:\n  - path: {target}\n    replicas: [{client.root}]\n")
+    done = cli("restore", "-c", str(config), str(target))
+    assert done.returncode == 0, done.stderr
+    assert rows(target) == rows(db)
+
+
+def test_dry_run_prints_the_plan_and_fetches_nothing(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
+    done = cli("restore", str(replicated[1].root), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("would restore generation ")
+    assert "snapshot generations/" in done.stdout and "segment  generations/" in done.stdout
+    assert list(out_dir.iterdir()) == []
+
+
+# -- point in time ---------------------------------------------------------------------------------
+
+
+def test_point_in_time_by_timestamp_and_by_txid(tmp_path: Path, out_dir: Path) -> None:
+    """Batches of rows a second apart, through WAL restarts and two generations."""
+    (tmp_path / "app").mkdir()
+    db = tmp_path / "app" / "app.db"
+    replica = FileClient(tmp_path / "replica")
+    options = ("--sync-interval", "100ms", "--min-checkpoint-pages", "20")  # checkpoints and WAL restarts
+    writer = Writer(db, tmp_path / "commits.log")
+    moments: list[tuple[float, int]] = []  # (a moment between batches, rows committed before it)
+
+    def batch(first: int) -> None:
+        writer.start(count=40, rate=400, start=first).wait()
+        time.sleep(1.0)
+        moments.append((time.time(), first + 39))
+        time.sleep(0.3)
+
+    repl = Replicator(db, [str(replica.root)], options).start()
+    for first in (1, 41, 81):
+        batch(first)
+    assert repl.stop() == 0, repl.output
+    conn = sqlite3.connect(db)  # the app checkpoints while we are down: a new generation follows
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    repl = Replicator(db, [str(replica.root)], options).start()
+    for first in (121, 161):
+        batch(first)
+    assert repl.stop() == 0, repl.output
+    assert len(generations(replica)) == 2
+    assert "checkpoint:" in repl.output
+
+    for moment, last in moments:
+        out = out_dir / f"at-{last}.db"
+        done = cli("restore", str(replica.root), "-o", str(out), "--timestamp", rfc3339(moment))
+        assert done.returncode == 0, done.stderr
+        assert [r[0] for r in rows(out)] == list(range(1, last + 1)), f"at {rfc3339(moment)}"
+
+    # By position: each segment's last txid, as `replicator wal --json` shows it, restores its own state.
+    listing = json.loads(cli("wal", str(replica.root), "--json").stdout)
+    gen2 = max(r["generation"] for r in listing)
+    for entry in [r for r in listing if r["generation"] == gen2][:3]:
+        out = out_dir / f"txid-{entry['last_txid']}.db"
+        done = cli(
+            "restore", str(replica.root), "-o", str(out), "--generation", gen2, "--txid", str(entry["last_txid"])
+        )
+        assert done.returncode == 0, done.stderr
+        at = datetime.fromisoformat(entry["time"]).timestamp()
+        committed = [i for i, t in writer.committed() if t <= at]
+        assert {r[0] for r in rows(out)} <= set(committed)
+        assert rows(out) == restored_rows(replica, tmp_path, generation=int(gen2, 16), txid=entry["last_txid"])
+
+
+def test_a_time_before_the_first_snapshot_names_the_restorable_range(
+    replicated: tuple[Path, FileClient], out_dir: Path
+) -> None:
+    done = cli("restore", str(replicated[1].root), "-o", str(out_dir / "x.db"), "--timestamp", "2001-01-01T00:00:00Z")
+    assert_clean_failure(done, "is before the earliest restorable point; the replica can restore from", out_dir)
+
+
+def test_listings_show_generations_snapshots_and_segments(replicated: tuple[Path, FileClient]) -> None:
+    root = str(replicated[1].root)
+    gens = json.loads(cli("generations", root, "--json").stdout)
+    assert len(gens) == 1 and gens[0]["restorable"] and gens[0]["snapshots"] == 1 and gens[0]["segments"] >= 2
+    table = cli("generations", root).stdout.splitlines()
+    assert table[0].split()[:2] == ["GENERATION", "STARTED"] and gens[0]["generation"] in table[1]
+    snaps = json.loads(cli("snapshots", root, "--json").stdout)
+    assert [s["txid"] for s in snaps] == [0]
+    segs = json.loads(cli("wal", root, "--json").stdout)
+    assert [s["first_txid"] for s in segs] == [1] + [s["last_txid"] + 1 for s in segs[:-1]]
+
+
+def test_foreign_objects_are_reported_not_fatal(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
+    db, client = replicated
+    client.put("generations/notes.txt", b"someone else's file")
+    done = cli("restore", str(client.root), "-o", str(out_dir / "app.db"))
+    assert done.returncode == 0, done.stderr
+    assert "not ours" in done.stderr and "generations/notes.txt" in done.stderr
+    assert rows(out_dir / "app.db") == rows(db)
+    assert "not ours" in cli("generations", str(client.root)).stderr
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+
+
+def test_missing_bucket(s3_server: S3Server, s3_env: None, out_dir: Path) -> None:
+    url = f"s3://no-such-bucket-{os.getpid()}/p?endpoint={s3_server.endpoint}"
+    done = cli("restore", url, "-o", str(out_dir / "app.db"))
+    assert_clean_failure(done, "bucket does not exist", out_dir)
+
+
+def test_bad_credentials(s3_server: S3Server, s3_location: object, out_dir: Path) -> None:
+    if s3_server.name == "moto":
+        pytest.skip("moto accepts any credentials")
+    url = f"s3://{s3_location.bucket}/{s3_location.prefix}?endpoint={s3_server.endpoint}"  # type: ignore[attr-defined]
+    done = cli("restore", url, "-o", str(out_dir / "app.db"), env={"AWS_SECRET_ACCESS_KEY": "wrong-secret"})
+    assert_clean_failure(done, "check the AWS credentials", out_dir)
+    assert "wrong-secret" not in done.stderr
+
+
+def test_unreachable_endpoint(out_dir: Path) -> None:
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
+    done = cli("restore", "s3://bucket/p?endpoint=http://127.0.0.1:9", "-o", str(out_dir / "app.db"), env=env)
+    assert_clean_failure(done, "Could not connect", out_dir)
+
+
+def test_empty_replica_without_if_replica_exists(tmp_path: Path, out_dir: Path) -> None:
+    done = cli("restore", str(tmp_path / "empty"), "-o", str(out_dir / "app.db"))
+    assert_clean_failure(done, "--if-replica-exists", out_dir)
+
+
+def test_existing_output(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
+    (out_dir / "app.db").write_bytes(b"keep me")
+    done = cli("restore", str(replicated[1].root), "-o", str(out_dir / "app.db"))
+    assert done.returncode != 0 and "already exists" in done.stderr and "Traceback" not in done.stderr
+    assert (out_dir / "app.db").read_bytes() == b"keep me"
+
+
+def test_output_directory_that_cannot_hold_it(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
+    (out_dir / "file").write_bytes(b"")
+    done = cli("restore", str(replicated[1].root), "-o", str(out_dir / "file" / "app.db"))
+    assert done.returncode != 0 and "is not a directory" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("bad", ["2026-13-01T00:00:00Z", "2026-11-21T14:03:00", "yesterday"])
+def test_malformed_timestamp_is_a_usage_error(replicated: tuple[Path, FileClient], out_dir: Path, bad: str) -> None:
+    done = cli("restore", str(replicated[1].root), "-o", str(out_dir / "app.db"), "--timestamp", bad)
+    assert done.returncode == 2
+    assert "--timestamp" in done.stderr and "Traceback" not in done.stderr
+    assert list(out_dir.iterdir()) == []
+
+
+def objects(client: FileClient) -> list[str]:
+    return [o.key for o in client.list("generations/")]
+
+
+def test_a_flipped_byte_in_any_object_fails_the_restore_naming_it(
+    replicated: tuple[Path, FileClient], tmp_path: Path, out_dir: Path
+) -> None:
+    _, client = replicated
+    for key in objects(client):
+        copy = tmp_path / "damaged"
+        shutil.copytree(client.root, copy)
+        path = copy / key
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        path.write_bytes(bytes(data))
+        done = cli("restore", str(copy), "-o", str(out_dir / "app.db"))
+        assert_clean_failure(done, key, out_dir)
+        shutil.rmtree(copy)
+
+
+def test_a_truncated_object_fails_the_restore(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
+    _, client = replicated
+    key = objects(client)[len(objects(client)) // 2]
+    path = client.root / key
+    path.write_bytes(path.read_bytes()[:-7])
+    assert_clean_failure(cli("restore", str(client.root), "-o", str(out_dir / "app.db")), key, out_dir)
+
+
+def test_a_missing_object_in_the_middle_of_the_chain_fails_the_restore(
+    replicated: tuple[Path, FileClient], out_dir: Path
+) -> None:
+    _, client = replicated
+    segments = [k for k in objects(client) if k.endswith(".seg")]
+    client.delete([segments[1]])
+    done = cli("restore", str(client.root), "-o", str(out_dir / "app.db"))
+    assert_clean_failure(done, "is missing transactions", out_dir)
+
+
+def test_an_unknown_format_version_fails_the_restore(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
+    _, client = replicated
+    key = next(k for k in objects(client) if k.endswith(".snap"))
+    data = bytearray((client.root / key).read_bytes())
+    struct.pack_into(">H", data, 4, 7)
+    struct.pack_into(">I", data, segment.HEADER_SIZE - 4, zlib.crc32(data[: segment.HEADER_SIZE - 4]))
+    (client.root / key).write_bytes(bytes(data))
+    assert_clean_failure(cli("restore", str(client.root), "-o", str(out_dir / "app.db")), "format version 7", out_dir)
+
+
+# -- scale -------------------------------------------------------------------------------------------
+
+
+def test_a_1gb_database_restores_in_under_100mb_of_memory(tmp_path: Path, out_dir: Path) -> None:
+    (tmp_path / "app").mkdir()
+    db = tmp_path / "app" / "app.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, payload BLOB, note TEXT)")
+    conn.execute(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1000000) "
+        "INSERT INTO t SELECT x, CASE WHEN x % 2 THEN randomblob(1000) ELSE zeroblob(1000) END, 'n' FROM c"
+    )
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    assert db.stat().st_size > 1_000_000_000
+    replica = tmp_path / "replica"
+    repl = Replicator(db, [str(replica)]).start()
+    assert repl.stop() == 0, repl.output
+
+    out = out_dir / "app.db"
+    proc = subprocess.Popen([sys.executable, "-m", "replicator_cli", "restore", str(replica), "-o", str(out), "-q"])
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0
+    assert usage.ru_maxrss < 100 * 1024, f"peak RSS {usage.ru_maxrss / 1024:.0f} MB"
+    conn = sqlite3.connect(out)
+    assert conn.execute("SELECT count(*), sum(length(payload)) FROM t").fetchone() == (1_000_000, 1_000_000_000)
+    conn.close()
+    assert keys.parse(objects(FileClient(replica))[0])  # one snapshot, nothing else needed
