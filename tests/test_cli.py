@@ -25,10 +25,13 @@ def test_version_reports_sqlite_and_format() -> None:
     assert "sqlite 3." in result.output and "segment format 1" in result.output
 
 
-def test_unbuilt_commands_fail_clearly() -> None:
-    result = CliRunner().invoke(cli, ["restore", "s3://b/p"])
-    assert result.exit_code != 0
-    assert "not built yet" in result.output
+@pytest.mark.parametrize("command", ["restore", "generations", "snapshots", "wal"])
+def test_a_bad_replica_url_is_one_line_and_exit_2(command: str) -> None:
+    result = CliRunner().invoke(cli, [command, "gs://bucket/prefix", *(["-o", "x.db"] if command == "restore" else [])])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: unsupported replica URL 'gs://bucket/prefix'; use s3://BUCKET/PREFIX or a directory path"
+    ]
 
 
 def test_installed_console_script_runs() -> None:
