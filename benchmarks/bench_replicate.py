@@ -78,14 +78,31 @@ def replicator(db: Path, url: str, *options: str) -> tuple[subprocess.Popen[byte
     return proc, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss_kb(pid: int) -> int:
+    """VmHWM: the process's own peak (wait4's ru_maxrss would include the parent it was forked from)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
 def stop(proc: subprocess.Popen[bytes]) -> tuple[float, float, int]:
     """SIGTERM and wait: (seconds until exit, CPU-seconds, peak RSS KiB); asserts exit 0."""
     start = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak = 0
+    while True:  # VmHWM only grows: its last reading before exit is the peak
+        peak = max(peak, peak_rss_kb(proc.pid))
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        time.sleep(0.005)
     proc.returncode = os.waitstatus_to_exitcode(status)
     assert proc.returncode == 0, f"replicator exited with {proc.returncode}"
-    return time.monotonic() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+    return time.monotonic() - start, usage.ru_utime + usage.ru_stime, peak
 
 
 def wal_bytes_alone(tmp: Path, target: int) -> tuple[float, float]:
