@@ -1,0 +1,491 @@
+"""Side by side with Litestream: the shipper, lag, object-store cost and restore.
+
+    python -m benchmarks run [--quick] [--full] [--only NAME ...] [--repeat N]
+
+Every tool gets identical inputs: the same seeded writer processes (stdlib sqlite3), the same database,
+and the same replica kind (a local directory, or moto's S3 server on 127.0.0.1 behind a request-counting
+middleware, s3server.py). Results go to benchmarks/results/<date>.md and .json, and every figure is
+printed as ours / theirs and as a ratio. See benchmarks/README.md for what each figure means.
+
+Workloads (workloads.py):
+  W1  200 one-row transactions per second (steady), after a 20 MB preload;
+  W2  bulk: 1000 x 1 KiB random blobs per transaction, as fast as possible, until the database holds
+      200 MB (100 MB with --quick; 1 GB with --full);
+  W3  a 1 GiB database (256 MB with --quick), mixed random/text rows, restored from its snapshot alone;
+  W4  a snapshot plus 10 minutes of W1 history (with --quick: the W1 run's own history), restored;
+  W5  idle for 5 minutes (with --quick: 30 s after W1): requests per minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from . import workloads as wl
+from .s3server import CountingS3
+from .tools import Replica, Tool, litestream, ours
+
+RESULTS = Path(__file__).parent / "results"
+CACHE = Path(__file__).parent / ".cache"
+PUT_PRICE = 0.005 / 1000  # USD per PUT/LIST at S3 standard public prices
+GET_PRICE = 0.0004 / 1000
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    full: bool
+    repeat: int
+
+    @property
+    def w1_seconds(self) -> float:
+        return 20 if self.quick else 60
+
+    @property
+    def w2_mb(self) -> int:
+        return 1000 if self.full else 100 if self.quick else 200
+
+    @property
+    def w3_mb(self) -> int:
+        return 256 if self.quick else 1024
+
+    @property
+    def w4_seconds(self) -> float:
+        return 0 if self.quick else 600
+
+    @property
+    def w5_seconds(self) -> float:
+        return 30 if self.quick else 300
+
+
+def _fresh(tmp: Path, name: str) -> Path:
+    path = tmp / f"{name}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    return path
+
+
+def _s3_replica(s3: CountingS3, name: str) -> Replica:
+    bucket = f"b-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(bucket)
+    return Replica("s3", None, bucket, name, s3.endpoint)
+
+
+def _stored_bytes(replica: Replica) -> int:
+    if replica.kind == "file":
+        assert replica.path is not None
+        return sum(p.stat().st_size for p in replica.path.rglob("*") if p.is_file())
+    client = boto3.session.Session().client("s3", endpoint_url=replica.endpoint, region_name="us-east-1")
+    total = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=replica.bucket, Prefix=replica.prefix or ""):
+        total += sum(o["Size"] for o in page.get("Contents", []))
+    return total
+
+
+def _wait_quiet(replica: Replica, quiet: float = 3.0, limit: float = 120.0) -> float:
+    """Wait until the replica stops changing for `quiet` seconds; return when it last changed."""
+    last_size, last_change = -1, time.time()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        size = _stored_bytes(replica)
+        if size != last_size:
+            last_size, last_change = size, time.time()
+        elif time.time() - last_change >= quiet:
+            break
+        time.sleep(0.05)
+    return last_change
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+# -- lag: which object first holds each commit -------------------------------------------------------
+
+
+def _lags(tool: Tool, log: list[dict[str, Any]], records: list[wl.CommitRecord], start: float) -> list[float]:
+    """Seconds from each commit to the server-side completion of the first PUT that covers it."""
+    puts = sorted((e for e in log if e["op"] == "PUT"), key=lambda e: e["done"])
+    if tool.name == "replicator" or tool.name.startswith("litestream-0.5"):
+        # Transaction ids: ours count WAL transactions from the generation's snapshot; Litestream 0.5's LTX
+        # names carry TXID ranges. Commit k of W1 is position base + k.
+        positions = []
+        for e in puts:
+            name = e["key"].rsplit("/", 1)[-1]
+            try:
+                if name.endswith(".seg"):
+                    positions.append((int(name.split("-")[1], 16), e["done"]))
+                elif name.endswith(".ltx"):
+                    positions.append((int(name.split(".")[0].split("-")[1], 16), e["done"]))
+            except (IndexError, ValueError):
+                continue
+        base = max((p for p, t in positions if t < start), default=0)
+        lags = []
+        for k, rec in enumerate(records, start=1):
+            covered = next((t for p, t in positions if p >= base + k and t >= rec.done - 1), None)
+            if covered is not None:
+                lags.append(max(0.0, covered - rec.done))
+        return lags
+    # Litestream 0.3: WAL segments named <index>_<offset>; index i+1 follows a WAL restart (salt-1 + 1).
+    segments: list[tuple[int, int, float]] = []
+    for e in puts:
+        name = e["key"].rsplit("/", 1)[-1]
+        if name.endswith(".wal.lz4"):
+            index, offset = name[: -len(".wal.lz4")].split("_")
+            segments.append((int(index, 16), int(offset, 16), e["done"]))
+    if not segments or not records:
+        return []
+    first_index = max((i for i, _, t in segments if t < start), default=min(i for i, _, _ in segments))
+    lags = []
+    for rec in records:
+        index = first_index + ((rec.salt1 - records[0].salt1) & 0xFFFFFFFF)
+        # The commit is shipped by the first segment of its WAL life that reaches past its end.
+        later = [t for i, o, t in segments if (i == index and o >= rec.wal_end) or i > index]
+        if later:
+            lags.append(max(0.0, min(later) - rec.done))
+    return lags
+
+
+# -- scenarios ---------------------------------------------------------------------------------------
+
+
+def ship(tool: Tool, tmp: Path, plan: Plan, wal_mb: float) -> dict[str, float]:
+    """W2 to a local directory: throughput, CPU per WAL MB, memory, WAL growth."""
+    work = _fresh(tmp, f"ship-{tool.name}")
+    db = work / "app.db"
+    wl.seed_database(db)
+    replica = Replica("file", work / "replica", None, None, None)
+    proc = tool.start(db, replica, sync_interval="1s", workdir=work)
+    meter = wl.Meter(proc.pid)
+    time.sleep(1.0)
+    meter.mark()
+    writer = wl.bulk(db, plan.w2_mb * 1_000_000)
+    start = time.time()
+    biggest = 0
+    while writer.poll() is None:
+        wal = Path(f"{db}-wal")
+        if wal.exists():
+            biggest = max(biggest, wal.stat().st_size)
+        time.sleep(0.02)
+    ended = time.time()
+    rows = int(writer.stdout.read().split()[0]) if writer.stdout else 0
+    caught = _wait_quiet(replica)
+    cpu = meter.cpu_since_mark()
+    rss = meter.peak_rss_mb()
+    tool.stop(proc)
+    out = work / "restored.db"
+    wl.run_metered(tool.restore(replica, out, parallelism=8, workdir=work), {**_env(), **tool.env()})
+    assert wl.rows_in(out, "w2") == rows, f"{tool.name}: restored {wl.rows_in(out, 'w2')} rows of {rows}"
+    return {
+        "writer_wal_mb_s": wal_mb / (ended - start),
+        "caught_up_s": max(0.0, caught - ended),
+        "cpu_s_per_wal_mb": cpu / wal_mb,
+        "wal_mb_per_cpu_s": wal_mb / cpu if cpu else float("nan"),
+        "peak_rss_mb": rss,
+        "max_wal_mb": biggest / 1e6,
+        "stored_per_wal_byte": _stored_bytes(replica) / (wal_mb * 1e6),
+    }
+
+
+def steady(tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, interval: str, *, idle: float) -> dict[str, Any]:
+    """W1 to S3 (then W5, idle, when asked): lag, requests, bytes, CPU, commit latency."""
+    work = _fresh(tmp, f"w1-{tool.name}-{interval}")
+    db = work / "app.db"
+    wl.seed_database(db, preload_mb=20)
+    replica = _s3_replica(s3, "db")
+    proc = tool.start(db, replica, sync_interval=interval, workdir=work)
+    meter = wl.Meter(proc.pid)
+    _wait_quiet(replica, quiet=2.0)
+    meter.mark()
+    start = time.time()
+    out = work / "commits.json"
+    wl.steady(db, plan.w1_seconds, 200, out).wait()
+    time.sleep(3.0)
+    ended = time.time()
+    cpu = meter.cpu_since_mark()
+    idle_counts: dict[str, int] = {}
+    if idle:
+        time.sleep(idle)
+        idle_counts = _counts(s3.log(), ended, time.time())
+    rss = meter.peak_rss_mb()
+    tool.stop(proc)
+    log = s3.log()  # runs are sequential: the time window below is this run's traffic
+    records = wl.commits(out)
+    lags = _lags(tool, [e for e in log if start - 5 <= e["done"] <= ended], records, start)
+    minutes = (ended - start) / 60
+    window = _counts(log, start, ended)
+    uploaded = sum(e["bytes_in"] for e in log if e["op"] == "PUT" and start <= e["done"] <= ended)
+    wal_bytes = _w1_wal_bytes(records)
+    result: dict[str, Any] = {
+        "lag_p50_s": _pct(lags, 0.5),
+        "lag_p99_s": _pct(lags, 0.99),
+        "lag_max_s": max(lags) if lags else float("nan"),
+        "lag_matched": len(lags) / len(records) if records else 0.0,
+        "put_per_min": window.get("PUT", 0) / minutes,
+        "get_per_min": window.get("GET", 0) / minutes,
+        "list_per_min": window.get("LIST", 0) / minutes,
+        "head_per_min": window.get("HEAD", 0) / minutes,
+        "uploaded_per_wal_byte": uploaded / wal_bytes if wal_bytes else float("nan"),
+        "cpu_s_per_min": cpu / minutes,
+        "peak_rss_mb": rss,
+        "commit_p50_ms": _pct([r.latency for r in records], 0.5) * 1e3,
+        "commit_p99_ms": _pct([r.latency for r in records], 0.99) * 1e3,
+        "monthly_request_usd": (window.get("PUT", 0) + window.get("LIST", 0)) / minutes * 43200 * PUT_PRICE
+        + window.get("GET", 0) / minutes * 43200 * GET_PRICE,
+        "_replica": replica,
+        "_work": work,
+    }
+    if idle:
+        result["idle_requests_per_min"] = sum(idle_counts.values()) / (idle / 60)
+    return result
+
+
+def _w1_wal_bytes(records: list[wl.CommitRecord]) -> int:
+    """WAL bytes the W1 run wrote: the sum of each WAL life's committed end."""
+    total, life, end = 0, None, 0
+    for rec in records:
+        if rec.salt1 != life:
+            total += end
+            life, end = rec.salt1, 32
+        end = max(end, rec.wal_end)
+    return total + end
+
+
+def _counts(log: list[dict[str, Any]], since: float, until: float) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for e in log:
+        if since <= e["done"] <= until:
+            counts[e["op"]] = counts.get(e["op"], 0) + 1
+    return counts
+
+
+def restore_figures(
+    tool: Tool, s3: CountingS3, replica: Replica, work: Path, check: Callable[[Path], None]
+) -> dict[str, float]:
+    """Restore wall time, peak RSS and GETs at parallelism 1 and 8."""
+    figures: dict[str, float] = {}
+    for parallelism in (1, 8):
+        out = work / f"restored-p{parallelism}.db"
+        before = time.time()
+        wall, rss, _ = wl.run_metered(
+            tool.restore(replica, out, parallelism=parallelism, workdir=work), {**_env(), **tool.env()}
+        )
+        counts = _counts(s3.log(), before, time.time())
+        check(out)
+        out.unlink()
+        figures[f"wall_s_p{parallelism}"] = wall
+        figures[f"rss_mb_p{parallelism}"] = rss
+        figures[f"gets_p{parallelism}"] = counts.get("GET", 0)
+        figures[f"lists_p{parallelism}"] = counts.get("LIST", 0) + counts.get("HEAD", 0)
+    return figures
+
+
+def big_restore(tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, seed: Path) -> dict[str, float]:
+    """W3: the tool snapshots a big database to S3; then it is restored from that alone."""
+    work = _fresh(tmp, f"w3-{tool.name}")
+    db = work / "app.db"
+    subprocess.run(["cp", "--sparse=never", str(seed), str(db)], check=True)
+    replica = _s3_replica(s3, "db")
+    proc = tool.start(db, replica, sync_interval="1s", workdir=work)
+    _wait_quiet(replica, quiet=5.0, limit=300)
+    tool.stop(proc)
+    rows = wl.rows_in(seed, "big")
+
+    def check(out: Path) -> None:
+        assert wl.rows_in(out, "big") == rows, f"{tool.name}: W3 restore has {wl.rows_in(out, 'big')} of {rows} rows"
+
+    figures = restore_figures(tool, s3, replica, work, check)
+    figures["stored_mb"] = _stored_bytes(replica) / 1e6
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+    return figures
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+# -- the run -----------------------------------------------------------------------------------------
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, tuple[float, float, float]]:
+    keys = [k for k in runs[0] if not k.startswith("_") and isinstance(runs[0][k], int | float)]
+    return {k: (statistics.median(r[k] for r in runs), min(r[k] for r in runs), max(r[k] for r in runs)) for k in keys}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="shorter workloads, one run each (< 10 minutes)")
+    parser.add_argument("--full", action="store_true", help="also the 1 GB W2 burst")
+    parser.add_argument("--repeat", type=int, help="runs per measurement (default 3, 1 with --quick)")
+    parser.add_argument(
+        "--only", nargs="*", choices=["ceilings", "ship", "w1", "w1-100ms", "w3", "w4"], help="a subset"
+    )
+    parser.add_argument("--tools", nargs="*", default=["replicator", "0.3.13", "0.5.17"])
+    args = parser.parse_args(argv)
+    plan = Plan(args.quick, args.full, args.repeat or (1 if args.quick else 3))
+    only = set(args.only or ["ceilings", "ship", "w1", "w1-100ms", "w3", "w4"])
+    CACHE.mkdir(exist_ok=True)
+    tools = [ours() if t == "replicator" else litestream(t, CACHE) for t in args.tools]
+    results: dict[str, dict[str, Any]] = {t.name: {} for t in tools}
+    started = time.monotonic()
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as name, CountingS3() as s3:
+        tmp = Path(name)
+        if "ceilings" in only:
+            results["machine"] = {"ceilings": _ceilings(tmp)}
+            print("machine ceilings:", results["machine"]["ceilings"], flush=True)
+        if "ship" in only:
+            wal_mb = wl.wal_bytes_of_bulk(tmp, plan.w2_mb * 1_000_000)
+            for tool in tools:
+                results[tool.name]["W2 ship (file)"] = _median(
+                    [ship(tool, tmp, plan, wal_mb) for _ in range(plan.repeat)]
+                )
+                print(tool.name, "W2", results[tool.name]["W2 ship (file)"], flush=True)
+        alone = None
+        for tool in tools:
+            if "w1" in only or "w4" in only:
+                runs = [
+                    steady(tool, tmp, plan, s3, "1s", idle=plan.w5_seconds if plan.quick else 0)
+                    for _ in range(plan.repeat)
+                ]
+                results[tool.name]["W1 1s (s3)"] = _median(runs)
+                print(tool.name, "W1 1s", results[tool.name]["W1 1s (s3)"], flush=True)
+                if "w4" in only and plan.quick:
+                    last = runs[-1]
+                    results[tool.name]["W4 restore (s3)"] = _median(
+                        [restore_figures(tool, s3, last["_replica"], last["_work"], lambda out: None)]
+                    )
+                    print(tool.name, "W4", results[tool.name]["W4 restore (s3)"], flush=True)
+            if "w1-100ms" in only:
+                runs = [steady(tool, tmp, plan, s3, "100ms", idle=0) for _ in range(plan.repeat)]
+                results[tool.name]["W1 100ms (s3)"] = _median(runs)
+                print(tool.name, "W1 100ms", results[tool.name]["W1 100ms (s3)"], flush=True)
+        if "w1" in only:
+            work = _fresh(tmp, "alone")
+            db = work / "app.db"
+            wl.seed_database(db, preload_mb=20)
+            out = work / "commits.json"
+            wl.steady(db, plan.w1_seconds, 200, out).wait()
+            records = wl.commits(out)
+            alone = {
+                "commit_p50_ms": _pct([r.latency for r in records], 0.5) * 1e3,
+                "commit_p99_ms": _pct([r.latency for r in records], 0.99) * 1e3,
+            }
+            results["no replication"] = {"W1 alone": {k: (v, v, v) for k, v in alone.items()}}
+        if "w3" in only:
+            seed = tmp / "w3-seed.db"
+            wl.seed_database(seed, preload_mb=plan.w3_mb)
+            for tool in tools:
+                results[tool.name]["W3 restore (s3)"] = _median(
+                    [big_restore(tool, tmp, plan, s3, seed) for _ in range(plan.repeat)]
+                )
+                print(tool.name, "W3", results[tool.name]["W3 restore (s3)"], flush=True)
+        results["run"] = {
+            "seconds": time.monotonic() - started,
+            "quick": plan.quick,
+            "repeat": plan.repeat,
+            "moto_cpu_s": s3.server_cpu_seconds(),
+        }  # type: ignore[dict-item]
+    _report(results, [t.name for t in tools], plan)
+
+
+def _ceilings(tmp: Path) -> dict[str, float]:
+    """The machine's own limits, measured now: sequential read from page cache, zstd level 1 alone."""
+    import os
+
+    import zstandard
+
+    data = os.urandom(32 << 20) + bytes(32 << 20)
+    path = tmp / "ceiling.bin"
+    path.write_bytes(data)
+    buf = bytearray(8 << 20)
+    t0 = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+    read = len(data) / (time.perf_counter() - t0) / 1e6
+    t0 = time.perf_counter()
+    zstandard.ZstdCompressor(level=1).compress(data)
+    zstd = len(data) / (time.perf_counter() - t0) / 1e6
+    path.unlink()
+    return {"page_cache_read_mb_s": read, "zstd1_mb_s": zstd}
+
+
+def _report(results: dict[str, dict[str, Any]], names: list[str], plan: Plan) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    suffix = "-quick" if plan.quick else ""
+    (RESULTS / f"{stamp}{suffix}.json").write_text(json.dumps(results, indent=2, default=str))
+    ours_name, theirs = names[0], names[1:]
+    lines = [
+        f"# Benchmarks {stamp} ({'quick' if plan.quick else 'standard'}, {plan.repeat} run(s) each; median [min-max])",
+        "",
+        "Ratios are ours / theirs: below 1 is better for times, CPU, memory, requests and bytes;",
+        "above 1 is better for throughput.",
+        "S3 figures use moto's server (one Python process) on 127.0.0.1; it, not the tools, may be the ceiling.",
+        "",
+    ]
+    scenarios = sorted({s for n in names for s in results.get(n, {})})
+    for scenario in scenarios:
+        lines += [
+            f"## {scenario}",
+            "",
+            "| figure | " + " | ".join(names) + " | " + " | ".join(f"ratio vs {t}" for t in theirs) + " |",
+        ]
+        lines.append("|---|" + "---|" * (len(names) + len(theirs)))
+        figures = results[ours_name].get(scenario, {})
+        for fig in figures:
+            cells = []
+            for n in names:
+                v = results.get(n, {}).get(scenario, {}).get(fig)
+                cells.append(
+                    "-" if v is None else f"{v[0]:.3g} [{v[1]:.3g}-{v[2]:.3g}]" if v[1] != v[2] else f"{v[0]:.3g}"
+                )
+            ratios = []
+            for t in theirs:
+                a = figures[fig][0]
+                b = results.get(t, {}).get(scenario, {}).get(fig, (float("nan"),))[0]
+                ratios.append(f"{a / b:.2f}" if b and not math.isnan(b) and not math.isnan(a) else "-")
+            lines.append(f"| {fig} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+        lines.append("")
+    if "no replication" in results:
+        alone = results["no replication"]["W1 alone"]
+        lines += [
+            "## App commit latency without replication (W1)",
+            "",
+            f"p50 {alone['commit_p50_ms'][0]:.3f} ms, p99 {alone['commit_p99_ms'][0]:.3f} ms",
+            "",
+        ]
+    if "machine" in results:
+        lines += ["## Machine ceilings (this run)", "", json.dumps(results["machine"]["ceilings"]), ""]
+    lines += [f"Run time: {results['run']['seconds']:.0f} s; moto used {results['run']['moto_cpu_s']:.1f} CPU-s.", ""]
+    text = "\n".join(lines)
+    (RESULTS / f"{stamp}{suffix}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
