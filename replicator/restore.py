@@ -13,7 +13,10 @@ is removed: no output is ever half-written.
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
+import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,10 +28,11 @@ from typing import BinaryIO, TypeVar, cast
 import apsw
 
 from . import keys
-from .errors import ReplicatorError
+from .errors import ReplicatorError, TransientStorageError
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .segment import Readable, SegmentReader
 from .storage import ReplicaClient
+from .storage.file import fsync_dir
 
 T = TypeVar("T")
 
@@ -200,8 +204,11 @@ def apply_plan(
     try:
         with os.fdopen(fd, "r+b") as f, fetch:
             snapshot = fetch.stream(plan.snapshot)
-            for chunk in SegmentReader(snapshot, plan.snapshot.key, expect=plan.snapshot).image():
-                f.write(chunk)
+            try:
+                for chunk in SegmentReader(snapshot, plan.snapshot.key, expect=plan.snapshot).image():
+                    f.write(chunk)
+            finally:
+                snapshot.close()
             for seg, body in zip(plan.segments, fetch.in_order(plan.segments), strict=True):
                 with body:
                     _apply_segment(SegmentReader(body, seg.key, expect=seg), f)
@@ -211,7 +218,7 @@ def apply_plan(
         for suffix in ("-wal", "-shm"):
             Path(f"{output}{suffix}").unlink(missing_ok=True)
         os.link(tmp, output)  # fails rather than replacing an output that appeared meanwhile
-        _fsync_dir(output.parent)
+        fsync_dir(output.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -229,7 +236,6 @@ class _Fetcher:
     """Parallel ranged downloads with a bounded window, handed back in order."""
 
     CHUNK = 4 << 20
-    STREAM_AHEAD = 4
     IN_MEMORY = 8 << 20  # a segment bigger than this waits on disk (beside the output), not in memory
 
     def __init__(
@@ -254,15 +260,9 @@ class _Fetcher:
             self.progress(len(data))
         return data
 
-    def stream(self, key: ObjectKey) -> Readable:
-        """A reader over the whole object, its chunks fetched `workers` ahead."""
-        size = self.sizes.get(key)
-        if size is None:
-            return _Chunks(iter([self._get(key.key, 0, 1 << 62)]))
-        offsets = range(0, size, self.CHUNK)
-        futures = (self.pool.submit(self._get, key.key, o, self.CHUNK) for o in offsets)
-        # A few chunks ahead is enough to hide request latency; more would only hold memory.
-        return _Chunks(f.result() for f in _window(futures, min(self.workers, self.STREAM_AHEAD)))
+    def stream(self, key: ObjectKey) -> _ReadAhead:
+        """A reader over the whole object: one streaming GET (resumed where it broke), read ahead."""
+        return _ReadAhead(_Resuming(self.client, key.key, self.progress))
 
     def in_order(self, segments: Sequence[SegmentKey]) -> Iterator[BinaryIO]:
         """Each segment downloaded whole (in parallel, `workers` ahead), yielded in the given order."""
@@ -297,22 +297,78 @@ def _window(futures: Iterator[Future[T]], size: int) -> Iterator[Future[T]]:
     yield from pending
 
 
-class _Chunks:
-    """A read() interface over an iterator of byte chunks (copies only what each read returns)."""
+class _Resuming:
+    """Reads an object through one streaming request; if the connection fails, reopens at the offset reached."""
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
+    ATTEMPTS = 5
+
+    def __init__(self, client: ReplicaClient, key: str, progress: Progress | None) -> None:
+        self._client = client
+        self._key = key
+        self._progress = progress
+        self._offset = 0
+        self._stream: Readable | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        for attempt in range(self.ATTEMPTS):
+            try:
+                if self._stream is None:
+                    self._stream = self._client.stream(self._key, self._offset)
+                data = self._stream.read(size)
+            except TransientStorageError:
+                self._stream = None
+                if attempt == self.ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+                continue
+            self._offset += len(data)
+            if self._progress:
+                self._progress(len(data))
+            return data
+        raise AssertionError("unreachable")
+
+
+class _ReadAhead:
+    """Reads a source in a background thread, a bounded number of chunks ahead of the consumer."""
+
+    CHUNK = 1 << 20
+    DEPTH = 8
+
+    def __init__(self, source: Readable) -> None:
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=self.DEPTH)
+        self._stop = threading.Event()
         self._current = b""
         self._pos = 0
+        self._done = False
+        threading.Thread(target=self._pump, args=(source,), daemon=True, name="read-ahead").start()
+
+    def _pump(self, source: Readable) -> None:
+        while not self._stop.is_set():
+            try:
+                item: bytes | BaseException = source.read(self.CHUNK)
+            except BaseException as exc:  # handed to the consumer, which raises it
+                item = exc
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
 
     def read(self, size: int = -1) -> bytes:
         parts = []
-        while size != 0:
+        while size != 0 and not self._done:
             if self._pos >= len(self._current):
-                chunk = next(self._chunks, None)
-                if chunk is None:
+                item = self._queue.get()
+                if isinstance(item, BaseException):
+                    self._stop.set()
+                    raise item
+                if not item:
+                    self._done = True
                     break
-                self._current, self._pos = chunk, 0
+                self._current, self._pos = item, 0
             available = len(self._current) - self._pos
             take = available if size < 0 else min(size, available)
             parts.append(self._current[self._pos : self._pos + take])
@@ -320,6 +376,9 @@ class _Chunks:
             if size > 0:
                 size -= take
         return b"".join(parts)
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def _check_integrity(path: Path) -> None:
@@ -332,14 +391,6 @@ def _check_integrity(path: Path) -> None:
         conn.close()
     if result != ["ok"]:
         raise RestoreError(f"the restored database fails integrity_check: {'; '.join(map(str, result[:3]))}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def restore(client: ReplicaClient, output: Path, *, parallelism: int = 8, **target: int | None) -> RestorePlan:

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .storage.file import FileClient
+from .storage.file import FileClient, atomic_writer
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +54,8 @@ class ShipperState:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_writer(path) as f:
+        f.write(json.dumps(data, sort_keys=True).encode())
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

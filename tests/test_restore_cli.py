@@ -19,6 +19,8 @@ from conftest import Replica, S3Server
 from harness import Replicator, Writer, generations, restored_rows, rows
 
 from replicator import keys, segment
+from replicator.errors import TransientStorageError
+from replicator.restore import restore
 from replicator.storage import FileClient
 
 # Runs the CLI and reports its own peak RSS. VmHWM belongs to this process's address space; getrusage's
@@ -335,3 +337,40 @@ def test_a_1gb_database_restores_in_under_100mb_of_memory(tmp_path: Path, out_di
     assert conn.execute("SELECT count(*), sum(length(payload)) FROM t").fetchone() == (1_000_000, 1_000_000_000)
     conn.close()
     assert keys.parse(objects(FileClient(replica))[0])  # one snapshot, nothing else needed
+
+
+class _BreaksOnce:
+    """A stream that drops the connection once, after `after` bytes."""
+
+    def __init__(self, inner: object, after: int) -> None:
+        self.inner, self.left = inner, after
+
+    def read(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            raise TransientStorageError("connection reset by peer")
+        data = self.inner.read(min(size, self.left) if size >= 0 else self.left)  # type: ignore[attr-defined]
+        self.left -= len(data)
+        return data
+
+
+class FlakyStreams(FileClient):
+    """Every object's first stream breaks midway; the ones opened to resume do not."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.broken: set[str] = set()
+
+    def stream(self, key: str, offset: int = 0) -> object:  # type: ignore[override]
+        inner = super().stream(key, offset)
+        if key in self.broken:
+            return inner
+        self.broken.add(key)
+        return _BreaksOnce(inner, 1000)
+
+
+def test_a_download_that_breaks_midway_is_resumed(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
+    db, client = replicated
+    flaky = FlakyStreams(client.root)
+    restore(flaky, out_dir / "app.db")
+    assert rows(out_dir / "app.db") == rows(db)
+    assert any(k.endswith(".snap") for k in flaky.broken)  # the snapshot's stream broke and was resumed

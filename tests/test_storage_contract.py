@@ -105,3 +105,20 @@ def test_object_reader_streams_in_ranges(client: ReplicaClient) -> None:
 def test_url_names_the_location_without_secrets(client: ReplicaClient) -> None:
     assert "://" in client.url
     assert "testing" not in client.url
+
+
+def test_stream_reads_an_object_from_any_offset(client: ReplicaClient) -> None:
+    data = bytes(range(256)) * 400
+    client.put("streamed", data)
+    whole = client.stream("streamed")
+    parts = []
+    while chunk := whole.read(10_000):
+        parts.append(chunk)
+    assert b"".join(parts) == data
+    assert client.stream("streamed", 1000).read() == data[1000:]
+    assert client.stream("streamed", len(data)).read() == b""
+
+
+def test_stream_of_a_missing_object_raises_not_found(client: ReplicaClient) -> None:
+    with pytest.raises(ObjectNotFound):
+        client.stream("generations/nope").read()

@@ -14,6 +14,10 @@ from typing import BinaryIO, Protocol, runtime_checkable
 Body = bytes | BinaryIO  # a file object must be seekable, so that a retry can send it again
 
 
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str
@@ -37,6 +41,14 @@ class ReplicaClient(Protocol):
         """Up to `length` bytes from `offset` (to the end if None); b"" at or past the end.
 
         Raises ObjectNotFound when the object does not exist.
+        """
+        ...
+
+    def stream(self, key: str, offset: int = 0) -> Readable:
+        """The object from `offset` on as a file-like reader: one request, read as it arrives.
+
+        Raises ObjectNotFound at once if there is no such object; read() may raise StorageError midway
+        (a dropped connection), after which the caller can open a new stream from where it stopped.
         """
         ...
 

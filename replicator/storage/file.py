@@ -17,7 +17,7 @@ from ..errors import (
     StorageError,
     TransientStorageError,
 )
-from .base import Body, ObjectInfo, check_key
+from .base import Body, ObjectInfo, Readable, check_key
 
 _TEMP_PREFIX = ".tmp-"  # never a valid key segment, so never listed
 
@@ -57,6 +57,12 @@ class FileClient:
             f.seek(offset)
             return f.read() if length is None else f.read(length)
 
+    def stream(self, key: str, offset: int = 0) -> Readable:
+        with _classified(f"get {self.url}/{key}"):
+            f = open(self._path(key), "rb")  # noqa: SIM115 - the caller reads it to the end; GC closes it
+            f.seek(offset)
+            return f
+
     def put(self, key: str, body: Body) -> None:
         with self.writer(key) as f:
             if isinstance(body, bytes):
@@ -67,20 +73,8 @@ class FileClient:
     @contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
         """Write an object as a stream: visible under `key` only once the block ends without an error."""
-        path = self._path(key)
-        with _classified(f"put {self.url}/{key}"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    yield f
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-            _fsync_dir(path.parent)
+        with _classified(f"put {self.url}/{key}"), atomic_writer(self._path(key)) as f:
+            yield f
 
     def path(self, key: str) -> Path:
         """Where an object lives on disk (for streaming it elsewhere)."""
@@ -112,7 +106,25 @@ def _copy(source: BinaryIO, dest: BinaryIO) -> None:
     source.seek(offset)
 
 
-def _fsync_dir(path: Path) -> None:
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A file that appears at `path` whole or not at all: temporary name, fsync, rename, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or link in `path` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

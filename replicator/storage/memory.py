@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterable, Iterator
 
 from ..errors import ObjectNotFound
-from .base import Body, ObjectInfo, check_key
+from .base import Body, ObjectInfo, Readable, check_key
 
 
 class MemoryClient:
@@ -31,6 +32,9 @@ class MemoryClient:
             raise ObjectNotFound(f"{self.url}/{key}: no such object")
         end = len(data) if length is None else offset + length
         return data[offset:end]
+
+    def stream(self, key: str, offset: int = 0) -> Readable:
+        return io.BytesIO(self.get(key, offset))
 
     def put(self, key: str, body: Body) -> None:
         data = body if isinstance(body, bytes) else body.read()

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from ..errors import TransientStorageError
-from .base import Body, ObjectInfo, ReplicaClient
+from .base import Body, ObjectInfo, Readable, ReplicaClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,6 +60,10 @@ class RetryingClient:
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.get(key, offset, length))
+
+    def stream(self, key: str, offset: int = 0) -> Readable:
+        """Opening is retried; a failure while reading is the caller's to resume (restore does)."""
+        return self._call(lambda: self.inner.stream(key, offset))
 
     def put(self, key: str, body: Body) -> None:
         if isinstance(body, bytes):

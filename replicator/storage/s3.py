@@ -26,7 +26,7 @@ from ..errors import (
     StorageError,
     TransientStorageError,
 )
-from .base import Body, ObjectInfo, check_key
+from .base import Body, ObjectInfo, Readable, check_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client as Boto3S3Client
@@ -109,6 +109,20 @@ class S3Client:
             body: bytes = response["Body"].read()
             return body
 
+    def stream(self, key: str, offset: int = 0) -> Readable:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.prefix + check_key(key)}
+        if offset:
+            args["Range"] = f"bytes={offset}-"
+        what = f"get {self.url}{key}"
+        with _classified(what):
+            try:
+                body = self._client.get_object(**args)["Body"]
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) == "InvalidRange":
+                    return io.BytesIO(b"")
+                raise
+        return _ClassifiedStream(body, what)
+
     def put(self, key: str, body: Body) -> None:
         full = self.prefix + check_key(key)
         with _classified(f"put {self.url}{key}"):
@@ -149,6 +163,19 @@ class S3Client:
                     return False
                 raise
         return True
+
+
+class _ClassifiedStream:
+    """A response body whose read errors come out as storage errors (so callers can resume)."""
+
+    def __init__(self, body: Any, what: str) -> None:
+        self._body = body
+        self._what = what
+
+    def read(self, size: int = -1) -> bytes:
+        with _classified(self._what):
+            data: bytes = self._body.read(None if size < 0 else size)
+            return data
 
 
 class _Lent(io.RawIOBase):
