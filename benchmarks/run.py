@@ -138,7 +138,9 @@ def _lags(tool: Tool, log: list[dict[str, Any]], records: list[wl.CommitRecord],
     if tool.name.startswith("litestream-0.5"):
         # LTX TXIDs count syncs, not commits, and the names carry no WAL position: take the first level-0
         # file completed after the commit (approximate: it can understate by the few ms of an upload).
-        level0 = [e["done"] for e in puts if "/0/" in e["key"] and e["key"].endswith(".ltx")]
+        level0 = [
+            e["done"] for e in puts if ("/0000/" in e["key"] or "/ltx/0/" in e["key"]) and e["key"].endswith(".ltx")
+        ]
         return [
             min(t for t in level0 if t >= rec.done) - rec.done for rec in records if any(t >= rec.done for t in level0)
         ]
@@ -203,8 +205,13 @@ def ship(tool: Tool, tmp: Path, plan: Plan, wal_mb: float) -> dict[str, float]:
     }
 
 
-def steady(tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, interval: str, *, idle: float) -> dict[str, Any]:
-    """W1 to S3 (then W5, idle, when asked): lag, requests, bytes, CPU, commit latency."""
+def steady(
+    tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, interval: str, *, idle: float, rate: float = 200
+) -> dict[str, Any]:
+    """W1 to S3 (then W5, idle, when asked): lag, requests, bytes, CPU, commit latency.
+
+    With a low `rate` it is the sparse-writes case: one commit every few seconds.
+    """
     work = _fresh(tmp, f"w1-{tool.name}-{interval}")
     db = work / "app.db"
     wl.seed_database(db, preload_mb=20)
@@ -215,7 +222,7 @@ def steady(tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, interval: str, *, 
     meter.mark()
     start = time.time()
     out = work / "commits.json"
-    wl.steady(db, plan.w1_seconds, 200, out).wait()
+    wl.steady(db, plan.w1_seconds, rate, out).wait()
     time.sleep(3.0)
     ended = time.time()
     cpu = meter.cpu_since_mark()
@@ -303,7 +310,9 @@ def big_restore(tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, seed: Path) -
     subprocess.run(["cp", "--sparse=never", str(seed), str(db)], check=True)
     replica = _s3_replica(s3, "db")
     proc = tool.start(db, replica, sync_interval="1s", workdir=work)
+    meter = wl.Meter(proc.pid)
     _wait_quiet(replica, quiet=5.0, limit=300)
+    startup_cpu = meter.cpu()  # from process start until the replica stopped changing: its start-up cost
     tool.stop(proc)
     rows = wl.rows_in(seed, "big")
 
@@ -312,6 +321,7 @@ def big_restore(tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, seed: Path) -
 
     figures = restore_figures(tool, s3, replica, work, check)
     figures["stored_mb"] = _stored_bytes(replica) / 1e6
+    figures["startup_cpu_s"] = startup_cpu
     subprocess.run(["rm", "-rf", str(work)], check=True)
     return figures
 
@@ -341,13 +351,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full", action="store_true", help="also the 1 GB W2 burst")
     parser.add_argument("--repeat", type=int, help="runs per measurement (default 3, 1 with --quick)")
     parser.add_argument(
-        "--only", nargs="*", choices=["ceilings", "ship", "w1", "w1-100ms", "w3", "w4"], help="a subset"
+        "--only", nargs="*", choices=["ceilings", "ship", "w1", "sparse", "w1-100ms", "w3", "w4"], help="a subset"
     )
     parser.add_argument("--tools", nargs="*", default=["replicator", "0.3.13", "0.5.17"])
     args = parser.parse_args(argv)
     os.environ.update(_env())  # our own listings of the S3 replica use the bench credentials too
     plan = Plan(args.quick, args.full, args.repeat or (1 if args.quick else 3))
-    only = set(args.only or ["ceilings", "ship", "w1", "w1-100ms", "w3", "w4"])
+    only = set(args.only or ["ceilings", "ship", "w1", "sparse", "w1-100ms", "w3", "w4"])
     CACHE.mkdir(exist_ok=True)
     tools = [ours() if t == "replicator" else litestream(t, CACHE) for t in args.tools]
     results: dict[str, dict[str, Any]] = {t.name: {} for t in tools}
@@ -380,6 +390,10 @@ def main(argv: list[str] | None = None) -> None:
                         [restore_figures(tool, s3, last["_replica"], last["_work"], lambda out: None)]
                     )
                     print(tool.name, "W4", results[tool.name]["W4 restore (s3)"], flush=True)
+            if "sparse" in only:
+                runs = [steady(tool, tmp, plan, s3, "1s", idle=0, rate=0.33) for _ in range(plan.repeat)]
+                results[tool.name]["W1 sparse, 1 commit / 3 s, 1s (s3)"] = _median(runs)
+                print(tool.name, "sparse", results[tool.name]["W1 sparse, 1 commit / 3 s, 1s (s3)"], flush=True)
             if "w1-100ms" in only:
                 runs = [steady(tool, tmp, plan, s3, "100ms", idle=0) for _ in range(plan.repeat)]
                 results[tool.name]["W1 100ms (s3)"] = _median(runs)

@@ -27,12 +27,13 @@ def open_source(source: str, config: Path | None) -> tuple[ReplicaClient, Path |
 
     Returns the client and, with -c, the database path (restore's default output).
     """
-    from replicator.config import load_config
-    from replicator.errors import ConfigError
     from replicator.storage import open_client
 
     if config is None:
         return open_client(source), None
+    from replicator.config import load_config  # pulls in the shipper (numpy): only when a config is used
+    from replicator.errors import ConfigError
+
     wanted = Path(source).absolute()
     for db in load_config(config):
         if db.path.absolute() == wanted:

@@ -83,6 +83,7 @@ class Replicator:
         self.armed = False  # a WAL restart now would continue our chain (see the module docstring)
         self._mismatches = 0
         self._checkpointing = False  # steps 1-2 of a checkpoint done, step 3 due
+        self._last_news = 0.0  # when we last shipped (the loop polls faster while the app is writing)
         self._last_checkpoint = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -256,6 +257,7 @@ class Replicator:
                 due = time.monotonic() - last_ship >= self.settings.sync_interval
                 if not self._replaced() and self._tick(due):
                     last_ship = time.monotonic()
+                    self._last_news = last_ship
             except _Discontinuity as exc:
                 self._start_generation(str(exc))
             except DatabaseBusy:
@@ -263,7 +265,10 @@ class Replicator:
             except (ReplicatorError, OSError) as exc:
                 log.error("replication error: %s", exc)
                 stop.wait(1.0)
-            stop.wait(self.settings.poll_interval)
+            # Poll fast while the app is writing; a third as often once it has been quiet for a second (each
+            # wake-up costs more than the poll itself). A first commit after a quiet spell waits <= 3 polls.
+            busy = time.monotonic() - self._last_news < 1.0
+            stop.wait(self.settings.poll_interval * (1 if busy else 3))
 
     def _tick(self, due: bool) -> bool:
         """One poll. Returns True if it shipped (so the next segment waits a sync interval)."""
