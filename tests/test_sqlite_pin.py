@@ -34,11 +34,17 @@ def long_lived_app(db: Path) -> subprocess.Popen[str]:
     return proc
 
 
-def test_a_pinned_wal_is_not_restarted_by_another_process(tmp_path: Path) -> None:
-    db = tmp_path / "app.db"
+def app_with_a_wal(db: Path) -> subprocess.Popen[str]:
+    """A database whose WAL holds 10 uncheckpointed transactions, kept alive by a long-lived app."""
     app(db, "PRAGMA journal_mode=WAL", "CREATE TABLE t(x)")
     holder = long_lived_app(db)
     app(db, *["INSERT INTO t VALUES (randomblob(3000))"] * 10)
+    return holder
+
+
+def test_a_pinned_wal_is_not_restarted_by_another_process(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    holder = app_with_a_wal(db)
     ours = Database(db)
     try:
         ours.pin()
@@ -59,9 +65,7 @@ def test_a_pinned_wal_is_not_restarted_by_another_process(tmp_path: Path) -> Non
 def test_without_the_pin_the_same_steps_restart_the_wal(tmp_path: Path) -> None:
     """The control: the restart above is really what the pin prevents."""
     db = tmp_path / "app.db"
-    app(db, "PRAGMA journal_mode=WAL", "CREATE TABLE t(x)")
-    holder = long_lived_app(db)
-    app(db, *["INSERT INTO t VALUES (randomblob(3000))"] * 10)
+    holder = app_with_a_wal(db)
     ours = Database(db)
     try:
         before = ours.read_index()
