@@ -156,10 +156,17 @@ class Replicator:
         state = self.state_dir.load()
         reason = self._local_state_problem(state)
         inventories = {c.url: self._inventory(c) for c in self.clients}
+        self._reconcile_spool(state)  # before the replica checks: a snapshot may still wait in the spool
         if reason is None:
             assert state is not None
-            reason = self._replica_problem(state, inventories)
-        self._reconcile_spool(state if reason is None else None)
+            reason = next(
+                (
+                    p
+                    for c in self.clients
+                    if (h := inventories[c.url]) is not None and (p := self._problem_with(state, c, h))
+                ),
+                None,
+            )
         if reason is None:
             assert state is not None and state.wal is not None
             self.state, self.cursor = state, state.wal
@@ -207,32 +214,20 @@ class Replicator:
             return None
 
     def replica_problem(self, client: ReplicaClient, held: set[ObjectKey]) -> str | None:
-        """Why this replica's content does not fit our chain, or None (also asked by its uploader later)."""
-        state = self.state
-        if state is None:
-            return None
+        """Why this replica's content does not fit our current chain, or None (asked by its uploader)."""
+        return None if self.state is None else self._problem_with(self.state, client, held)
+
+    def _problem_with(self, state: ShipperState, client: ReplicaClient, held: set[ObjectKey]) -> str | None:
         ours = keys.chain_order(SnapshotKey(state.generation, state.txid, 0))
         if any(k.generation > state.generation for k in held):
             return f"{client.url} holds a newer generation (another replicator writes there?)"
         mine = [k for k in held if k.generation == state.generation]
         if any(keys.chain_order(k) > ours for k in mine):
             return f"{client.url} holds transactions of ours that we never shipped"
-        spooled = self.hub.has_snapshot(state.generation)
+        spooled = self.hub.has_snapshot(state.generation)  # filled by _reconcile_spool, which runs first
         if not spooled and not any(isinstance(k, SnapshotKey) for k in mine):
             return f"{client.url} does not hold the current generation (new or wiped replica)"
         return None
-
-    def _replica_problem(self, state: ShipperState, inventories: dict[str, set[ObjectKey] | None]) -> str | None:
-        saved, self.state = self.state, state
-        try:
-            for client in self.clients:
-                held = inventories[client.url]
-                problem = None if held is None else self.replica_problem(client, held)
-                if problem:
-                    return problem
-            return None
-        finally:
-            self.state = saved
 
     def _reconcile_spool(self, state: ShipperState | None) -> None:
         """Drop what was captured but never recorded (a crash between spool write and state save)."""

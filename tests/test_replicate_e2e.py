@@ -226,3 +226,24 @@ def test_a_config_file_replicates_several_databases(tmp_path: Path) -> None:
     for db, roots in ((dbs[0], ["r1"]), (dbs[1], ["r2a", "r2b"])):
         for root in roots:
             assert restored_rows(FileClient(tmp_path / root), tmp_path) == rows(db)
+
+
+def test_a_new_replica_is_fed_from_the_spool_without_a_new_generation(
+    app_db: Path, file_replica: Replica, tmp_path: Path
+) -> None:
+    """The generation's snapshot still waits in the spool (a replica was down): a replica added now gets it."""
+    dead = "s3://bucket/prefix?endpoint=http://127.0.0.1:9"
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
+    writer = writer_for(app_db).start(count=100_000, rate=100)
+    options = ("--sync-interval", "200ms", "--shutdown-timeout", "1s", "--min-checkpoint-pages", "200")
+    repl = Replicator(app_db, [file_replica.url, dead], options, env).start()
+    time.sleep(1.5)
+    assert repl.stop() != 0  # the dead replica is behind: everything stays spooled for it
+    fresh = tmp_path / "fresh-replica"
+    repl = Replicator(app_db, [file_replica.url, str(fresh)], options[:2]).start()
+    time.sleep(1.5)
+    writer.stop()
+    assert repl.stop() == 0, repl.output
+    assert "continuing generation" in repl.output, repl.output
+    assert len(generations(FileClient(fresh))) == 1
+    assert restored_rows(FileClient(fresh), tmp_path) == rows(app_db)
