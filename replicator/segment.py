@@ -273,13 +273,6 @@ class SegmentWriter:
                 f"body has {self._commits} commits and {self._pages} pages; "
                 f"header declared {h.commit_count} and {h.page_count}"
             )
-        last = self._last
-        if last is not None and (last.txid, last.time_us, last.db_size) != (
-            h.last_txid,
-            h.last_time_us,
-            h.db_size,
-        ):
-            raise ValueError("last commit must end the header's txid and time range at its db size")
         self._zstd.flush(zstandard.FLUSH_FRAME)
         self._out.write(_TRAILER.pack(TRAILER_MAGIC, self._body.length, self._body.crc))
         self._closed = True
