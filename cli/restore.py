@@ -103,5 +103,5 @@ def restore(
             with lock:
                 bar.update(n)
 
-        lib.apply_plan(client, plan, output, sizes=listing.sizes, parallelism=parallelism, progress=progress)
+        lib.apply_plan(client, plan, output, parallelism=parallelism, progress=progress)
     say(f"restored {output}: {summary} in {time.monotonic() - started:.1f}s")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -184,14 +185,13 @@ def apply_plan(
     plan: RestorePlan,
     output: Path,
     *,
-    sizes: dict[ObjectKey, int] | None = None,
     parallelism: int = 8,
     progress: Progress | None = None,
 ) -> None:
     """Build the database of `plan` at `output`, which must not exist yet.
 
-    Objects are fetched by `parallelism` threads (ranged GETs, each retried by the client) while they are
-    applied strictly in order; memory holds at most a few chunks per thread, whatever the database size.
+    The snapshot streams through one resumable GET, read ahead of decompression; segments are fetched by
+    `parallelism` threads while they are applied strictly in order. Memory stays bounded whatever the size.
     """
     output = output.absolute()
     check_output(output)
@@ -200,7 +200,7 @@ def apply_plan(
     except OSError as exc:
         raise RestoreError(f"cannot write in {output.parent}: {exc.strerror}") from None
     tmp = Path(tmp_name)
-    fetch = _Fetcher(client, output.parent, max(1, parallelism), sizes or {}, progress)
+    fetch = _Fetcher(client, output.parent, max(1, parallelism), progress)
     try:
         with os.fdopen(fd, "r+b") as f, fetch:
             snapshot = fetch.stream(plan.snapshot)
@@ -233,18 +233,14 @@ def _apply_segment(reader: SegmentReader, f: BinaryIO) -> None:
 
 
 class _Fetcher:
-    """Parallel ranged downloads with a bounded window, handed back in order."""
+    """Whole-object downloads (resumed if a connection breaks), `workers` at a time, handed back in order."""
 
-    CHUNK = 4 << 20
     IN_MEMORY = 8 << 20  # a segment bigger than this waits on disk (beside the output), not in memory
 
-    def __init__(
-        self, client: ReplicaClient, scratch: Path, workers: int, sizes: dict[ObjectKey, int], progress: Progress | None
-    ) -> None:
+    def __init__(self, client: ReplicaClient, scratch: Path, workers: int, progress: Progress | None) -> None:
         self.client = client
         self.scratch = scratch
         self.workers = workers
-        self.sizes = sizes
         self.progress = progress
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
 
@@ -253,12 +249,6 @@ class _Fetcher:
 
     def __exit__(self, *exc: object) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def _get(self, key: str, offset: int, length: int) -> bytes:
-        data = self.client.get(key, offset, length)
-        if self.progress:
-            self.progress(len(data))
-        return data
 
     def stream(self, key: ObjectKey) -> _ReadAhead:
         """A reader over the whole object: one streaming GET (resumed where it broke), read ahead."""
@@ -273,13 +263,7 @@ class _Fetcher:
     def _download(self, key: ObjectKey) -> BinaryIO:
         body = tempfile.SpooledTemporaryFile(max_size=self.IN_MEMORY, mode="w+b", dir=str(self.scratch))  # noqa: SIM115
         try:
-            offset = 0
-            while True:
-                data = self._get(key.key, offset, self.CHUNK)
-                body.write(data)
-                offset += len(data)
-                if len(data) < self.CHUNK:
-                    break
+            shutil.copyfileobj(_Resuming(self.client, key.key, self.progress), body, 1 << 20)
             body.seek(0)
         except BaseException:
             body.close()
@@ -398,5 +382,5 @@ def restore(client: ReplicaClient, output: Path, *, parallelism: int = 8, **targ
     check_output(output.absolute())
     listing = list_replica(client)
     plan = plan_restore(listing.objects, **target)
-    apply_plan(client, plan, output, sizes=listing.sizes, parallelism=parallelism)
+    apply_plan(client, plan, output, parallelism=parallelism)
     return plan
