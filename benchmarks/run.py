@@ -12,8 +12,8 @@ Workloads (workloads.py):
   W2  bulk: 1000 x 1 KiB random blobs per transaction, as fast as possible, until the database holds
       200 MB (100 MB with --quick; 1 GB with --full);
   W3  a 1 GiB database (256 MB with --quick), mixed random/text rows, restored from its snapshot alone;
-  W4  a snapshot plus 10 minutes of W1 history (with --quick: the W1 run's own history), restored;
-  W5  idle for 5 minutes (with --quick: 30 s after W1): requests per minute.
+  W4  a snapshot plus 10 minutes of W1 history (20 s with --quick), restored;
+  W5  idle for 5 minutes (30 s with --quick): requests per minute.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,13 +38,14 @@ from typing import Any
 import boto3
 
 from . import workloads as wl
-from .s3server import CountingS3
+from .s3server import OPS, CountingS3
 from .tools import Replica, Tool, litestream, ours
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).parent / ".cache"
 PUT_PRICE = 0.005 / 1000  # USD per PUT/LIST at S3 standard public prices
 GET_PRICE = 0.0004 / 1000
+SCENARIOS = ["ceilings", "ship", "w1", "w1-100ms", "sparse", "w5", "w4", "w3"]
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,16 @@ class Plan:
 
     @property
     def w4_seconds(self) -> float:
-        return 0 if self.quick else 600
+        return 20 if self.quick else 600
 
     @property
     def w5_seconds(self) -> float:
         return 30 if self.quick else 300
+
+    @property
+    def short_seconds(self) -> float:
+        """The sparse-writes runs and the no-replication commit-latency runs."""
+        return 20 if self.quick else 30
 
 
 def _fresh(tmp: Path, name: str) -> Path:
@@ -108,6 +115,38 @@ def _wait_quiet(replica: Replica, quiet: float = 3.0, limit: float = 120.0) -> f
             break
         time.sleep(0.05)
     return last_change
+
+
+@contextmanager
+def replicating(
+    tool: Tool, db: Path, replica: Replica, *, interval: str, work: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The tool replicating `db`; stopped (SIGTERM, then SIGKILL) however the block ends. Stopping twice is fine."""
+    proc = tool.start(db, replica, sync_interval=interval, workdir=work)
+    try:
+        yield proc
+    finally:
+        tool.stop(proc)
+
+
+@contextmanager
+def writing(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """A workload process, killed if the block ends before it did."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _empty(replica: Replica) -> None:
+    """Delete a finished scenario's objects so moto (which holds them all in memory) stays small."""
+    client = boto3.session.Session().client("s3", endpoint_url=replica.endpoint, region_name="us-east-1")
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=replica.bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=replica.bucket, Delete={"Objects": keys})
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -173,28 +212,27 @@ def ship(tool: Tool, tmp: Path, plan: Plan, wal_mb: float) -> dict[str, float]:
     db = work / "app.db"
     wl.seed_database(db)
     replica = Replica("file", work / "replica", None, None, None)
-    proc = tool.start(db, replica, sync_interval="1s", workdir=work)
-    meter = wl.Meter(proc.pid)
-    time.sleep(1.0)
-    meter.mark()
-    writer = wl.bulk(db, plan.w2_mb * 1_000_000)
-    start = time.time()
-    biggest = 0
-    while writer.poll() is None:
-        wal = Path(f"{db}-wal")
-        if wal.exists():
-            biggest = max(biggest, wal.stat().st_size)
-        time.sleep(0.02)
-    ended = time.time()
-    rows = int(writer.stdout.read().split()[0]) if writer.stdout else 0
-    caught = _wait_quiet(replica)
-    cpu = meter.cpu_since_mark()
-    rss = meter.peak_rss_mb()
-    tool.stop(proc)
+    with replicating(tool, db, replica, interval="1s", work=work) as proc:
+        meter = wl.Meter(proc.pid)
+        time.sleep(1.0)
+        meter.mark()
+        with writing(wl.bulk(db, plan.w2_mb * 1_000_000)) as writer:
+            start = time.time()
+            biggest = 0
+            while writer.poll() is None:
+                wal = Path(f"{db}-wal")
+                if wal.exists():
+                    biggest = max(biggest, wal.stat().st_size)
+                time.sleep(0.02)
+            ended = time.time()
+            rows = int(writer.stdout.read().split()[0]) if writer.stdout else 0
+        caught = _wait_quiet(replica)
+        cpu = meter.cpu_since_mark()
+        rss = meter.peak_rss_mb()
     out = work / "restored.db"
     wl.run_metered(tool.restore(replica, out, parallelism=8, workdir=work), {**_env(), **tool.env()})
     assert wl.rows_in(out, "w2") == rows, f"{tool.name}: restored {wl.rows_in(out, 'w2')} rows of {rows}"
-    return {
+    figures = {
         "writer_wal_mb_s": wal_mb / (ended - start),
         "caught_up_s": max(0.0, caught - ended),
         "cpu_s_per_wal_mb": cpu / wal_mb,
@@ -203,12 +241,12 @@ def ship(tool: Tool, tmp: Path, plan: Plan, wal_mb: float) -> dict[str, float]:
         "max_wal_mb": biggest / 1e6,
         "stored_per_wal_byte": _stored_bytes(replica) / (wal_mb * 1e6),
     }
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+    return figures
 
 
-def steady(
-    tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, interval: str, *, idle: float, rate: float = 200
-) -> dict[str, Any]:
-    """W1 to S3 (then W5, idle, when asked): lag, requests, bytes, CPU, commit latency.
+def steady(tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, interval: str, *, rate: float = 200) -> dict[str, Any]:
+    """W1 to S3: lag, requests, bytes, CPU, commit latency.
 
     With a low `rate` it is the sparse-writes case: one commit every few seconds.
     """
@@ -216,30 +254,29 @@ def steady(
     db = work / "app.db"
     wl.seed_database(db, preload_mb=20)
     replica = _s3_replica(s3, "db")
-    proc = tool.start(db, replica, sync_interval=interval, workdir=work)
-    meter = wl.Meter(proc.pid)
-    _wait_quiet(replica, quiet=2.0)
-    meter.mark()
-    start = time.time()
     out = work / "commits.json"
-    wl.steady(db, plan.w1_seconds, rate, out).wait()
-    time.sleep(3.0)
-    ended = time.time()
-    cpu = meter.cpu_since_mark()
-    idle_counts: dict[str, int] = {}
-    if idle:
-        time.sleep(idle)
-        idle_counts = _counts(s3.log(), ended, time.time())
-    rss = meter.peak_rss_mb()
-    tool.stop(proc)
-    log = s3.log()  # runs are sequential: the time window below is this run's traffic
+    seconds = plan.w1_seconds if rate >= 1 else plan.short_seconds
+    with replicating(tool, db, replica, interval=interval, work=work) as proc:
+        meter = wl.Meter(proc.pid)
+        _wait_quiet(replica, quiet=2.0)
+        meter.mark()
+        start = time.time()
+        with writing(wl.steady(db, seconds, rate, out)) as writer:
+            writer.wait()
+        time.sleep(3.0)
+        ended = time.time()
+        cpu = meter.cpu_since_mark()
+        rss = meter.peak_rss_mb()
+    log = [e for e in s3.log(start - 5) if e["bucket"] == replica.bucket]
     records = wl.commits(out)
-    lags = _lags(tool, [e for e in log if start - 5 <= e["done"] <= ended], records, start)
+    lags = _lags(tool, [e for e in log if e["done"] <= ended], records, start)
     minutes = (ended - start) / 60
     window = _counts(log, start, ended)
     uploaded = sum(e["bytes_in"] for e in log if e["op"] == "PUT" and start <= e["done"] <= ended)
     wal_bytes = _w1_wal_bytes(records)
-    result: dict[str, Any] = {
+    _empty(replica)
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+    return {
         "lag_p50_s": _pct(lags, 0.5),  # Litestream 0.5: approximate, see _lags
         "lag_p99_s": _pct(lags, 0.99),
         "lag_max_s": max(lags) if lags else float("nan"),
@@ -255,12 +292,87 @@ def steady(
         "commit_p99_ms": _pct([r.latency for r in records], 0.99) * 1e3,
         "monthly_request_usd": (window.get("PUT", 0) + window.get("LIST", 0)) / minutes * 43200 * PUT_PRICE
         + window.get("GET", 0) / minutes * 43200 * GET_PRICE,
-        "_replica": replica,
-        "_work": work,
     }
-    if idle:
-        result["idle_requests_per_min"] = sum(idle_counts.values()) / (idle / 60)
-    return result
+
+
+def alone(tmp: Path, plan: Plan) -> dict[str, float]:
+    """W1 with no replication: the app's own commit latency, the baseline for the figures above."""
+    work = _fresh(tmp, "alone")
+    db = work / "app.db"
+    wl.seed_database(db, preload_mb=20)
+    out = work / "commits.json"
+    with writing(wl.steady(db, plan.short_seconds, 200, out)) as writer:
+        writer.wait()
+    records = wl.commits(out)
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+    return {
+        "commit_p50_ms": _pct([r.latency for r in records], 0.5) * 1e3,
+        "commit_p99_ms": _pct([r.latency for r in records], 0.99) * 1e3,
+    }
+
+
+class Idle:
+    """W5: every tool attached to its own database that nobody writes; requests per minute after start-up.
+
+    Runs in the background while other scenarios run (an idle tool uses well under 1% of a core, and the
+    figure is a request count, which does not depend on the machine's load); `finish` waits out the window.
+    """
+
+    def __init__(self, tools: list[Tool], tmp: Path, s3: CountingS3, seconds: float) -> None:
+        self.s3, self.seconds = s3, seconds
+        self.stack = ExitStack()
+        self.running: list[tuple[Tool, Replica]] = []
+        for tool in tools:
+            work = _fresh(tmp, f"w5-{tool.name}")
+            db = work / "app.db"
+            wl.seed_database(db, preload_mb=20)
+            replica = _s3_replica(s3, "db")
+            self.stack.enter_context(replicating(tool, db, replica, interval="1s", work=work))
+            self.running.append((tool, replica))
+        for _, replica in self.running:
+            _wait_quiet(replica, quiet=2.0)
+        self.since = time.time()
+
+    def finish(self) -> dict[str, dict[str, float]]:
+        time.sleep(max(0.0, self.since + self.seconds - time.time()))
+        until = self.since + self.seconds
+        log = self.s3.log(self.since)
+        self.stack.close()
+        figures = {}
+        for tool, replica in self.running:
+            counts = _counts([e for e in log if e["bucket"] == replica.bucket], self.since, until)
+            figures[tool.name] = {f"{op.lower()}_per_min": counts.get(op, 0) / (self.seconds / 60) for op in OPS}
+            figures[tool.name]["requests_per_min"] = sum(counts.values()) / (self.seconds / 60)
+            _empty(replica)
+        return figures
+
+
+def history(tools: list[Tool], tmp: Path, plan: Plan, s3: CountingS3) -> dict[str, tuple[Replica, Path]]:
+    """W4's history: a snapshot plus `w4_seconds` of W1 for every tool AT ONCE (each its own db, writer, bucket).
+
+    Concurrent to keep the full run under 45 minutes; what W4 measures is the restore afterwards, run alone,
+    and the history's shape (one segment per sync interval) does not depend on the machine's load.
+    """
+    made: dict[str, tuple[Replica, Path]] = {}
+    with ExitStack() as stack:
+        dbs = []
+        for tool in tools:
+            work = _fresh(tmp, f"w4-{tool.name}")
+            db = work / "app.db"
+            wl.seed_database(db, preload_mb=20)
+            replica = _s3_replica(s3, "db")
+            stack.enter_context(replicating(tool, db, replica, interval="1s", work=work))
+            made[tool.name] = (replica, work)
+            dbs.append((db, work))
+        for replica, _ in made.values():
+            _wait_quiet(replica, quiet=2.0)
+        writers = [
+            stack.enter_context(writing(wl.steady(db, plan.w4_seconds, 200, work / "commits.json"))) for db, work in dbs
+        ]
+        for writer in writers:
+            writer.wait()
+        time.sleep(3.0)
+    return made
 
 
 def _w1_wal_bytes(records: list[wl.CommitRecord]) -> int:
@@ -283,47 +395,57 @@ def _counts(log: list[dict[str, Any]], since: float, until: float) -> dict[str, 
 
 
 def restore_figures(
-    tool: Tool, s3: CountingS3, replica: Replica, work: Path, check: Callable[[Path], None]
-) -> dict[str, float]:
-    """Restore wall time, peak RSS and GETs at parallelism 1 and 8."""
-    figures: dict[str, float] = {}
-    for parallelism in (1, 8):
-        out = work / f"restored-p{parallelism}.db"
-        before = time.time()
-        wall, rss, _ = wl.run_metered(
-            tool.restore(replica, out, parallelism=parallelism, workdir=work), {**_env(), **tool.env()}
-        )
-        counts = _counts(s3.log(), before, time.time())
-        check(out)
-        out.unlink()
-        figures[f"wall_s_p{parallelism}"] = wall
-        figures[f"rss_mb_p{parallelism}"] = rss
-        figures[f"gets_p{parallelism}"] = counts.get("GET", 0)
-        figures[f"lists_p{parallelism}"] = counts.get("LIST", 0) + counts.get("HEAD", 0)
-    return figures
+    tool: Tool, s3: CountingS3, replica: Replica, work: Path, plan: Plan, *, check: Callable[[Path], None]
+) -> list[dict[str, float]]:
+    """Restore wall time, peak RSS and requests at parallelism 1 and 8, `plan.repeat` times each.
+
+    One untimed restore first: moto serves the first GET of a freshly written object several times slower
+    than later ones (server-side), which would otherwise be charged to whichever restore came first.
+    """
+    env = {**_env(), **tool.env()}
+    out = work / "restored.db"
+    wl.run_metered(tool.restore(replica, out, parallelism=8, workdir=work), env)
+    check(out)
+    out.unlink()
+    runs = []
+    for _ in range(plan.repeat):
+        figures: dict[str, float] = {}
+        for parallelism in (1, 8):
+            before = time.time()
+            wall, rss, _ = wl.run_metered(tool.restore(replica, out, parallelism=parallelism, workdir=work), env)
+            counts = _counts(s3.log(before), before, time.time())
+            check(out)
+            out.unlink()
+            figures[f"wall_s_p{parallelism}"] = wall
+            figures[f"rss_mb_p{parallelism}"] = rss
+            figures[f"gets_p{parallelism}"] = counts.get("GET", 0)
+            figures[f"lists_p{parallelism}"] = counts.get("LIST", 0) + counts.get("HEAD", 0)
+        runs.append(figures)
+    return runs
 
 
-def big_restore(tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, seed: Path) -> dict[str, float]:
-    """W3: the tool snapshots a big database to S3; then it is restored from that alone."""
+def big_restore(tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, seed: Path) -> list[dict[str, float]]:
+    """W3: the tool snapshots a big database to S3 (its start-up cost); then it is restored from that alone."""
     work = _fresh(tmp, f"w3-{tool.name}")
     db = work / "app.db"
     subprocess.run(["cp", "--sparse=never", str(seed), str(db)], check=True)
     replica = _s3_replica(s3, "db")
-    proc = tool.start(db, replica, sync_interval="1s", workdir=work)
-    meter = wl.Meter(proc.pid)
-    _wait_quiet(replica, quiet=5.0, limit=300)
-    startup_cpu = meter.cpu()  # from process start until the replica stopped changing: its start-up cost
-    tool.stop(proc)
+    with replicating(tool, db, replica, interval="1s", work=work) as proc:
+        meter = wl.Meter(proc.pid)
+        _wait_quiet(replica, quiet=5.0, limit=300)
+        startup_cpu = meter.cpu()  # from process start until the replica stopped changing: its start-up cost
     rows = wl.rows_in(seed, "big")
 
     def check(out: Path) -> None:
         assert wl.rows_in(out, "big") == rows, f"{tool.name}: W3 restore has {wl.rows_in(out, 'big')} of {rows} rows"
 
-    figures = restore_figures(tool, s3, replica, work, check)
-    figures["stored_mb"] = _stored_bytes(replica) / 1e6
-    figures["startup_cpu_s"] = startup_cpu
+    runs = restore_figures(tool, s3, replica, work, plan, check=check)
+    for figures in runs:
+        figures["stored_mb"] = _stored_bytes(replica) / 1e6
+        figures["startup_cpu_s"] = startup_cpu
+    _empty(replica)
     subprocess.run(["rm", "-rf", str(work)], check=True)
-    return figures
+    return runs
 
 
 def _env() -> dict[str, str]:
@@ -350,76 +472,87 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="shorter workloads, one run each (< 10 minutes)")
     parser.add_argument("--full", action="store_true", help="also the 1 GB W2 burst")
     parser.add_argument("--repeat", type=int, help="runs per measurement (default 3, 1 with --quick)")
-    parser.add_argument(
-        "--only", nargs="*", choices=["ceilings", "ship", "w1", "sparse", "w1-100ms", "w3", "w4"], help="a subset"
-    )
+    parser.add_argument("--only", nargs="*", choices=SCENARIOS, help="a subset")
     parser.add_argument("--tools", nargs="*", default=["replicator", "0.3.13", "0.5.17"])
     args = parser.parse_args(argv)
     os.environ.update(_env())  # our own listings of the S3 replica use the bench credentials too
     plan = Plan(args.quick, args.full, args.repeat or (1 if args.quick else 3))
-    only = set(args.only or ["ceilings", "ship", "w1", "sparse", "w1-100ms", "w3", "w4"])
+    only = set(args.only or SCENARIOS)
     CACHE.mkdir(exist_ok=True)
     tools = [ours() if t == "replicator" else litestream(t, CACHE) for t in args.tools]
     results: dict[str, dict[str, Any]] = {t.name: {} for t in tools}
     started = time.monotonic()
+
+    phases: dict[str, float] = {}
+
+    def timed(phase: str) -> Callable[[], None]:
+        began = time.monotonic()
+        return lambda: phases.__setitem__(phase, round(time.monotonic() - began, 1))
+
+    def record(tool: Tool, scenario: str, runs: list[dict[str, Any]]) -> None:
+        results[tool.name][scenario] = _median(runs)
+        print(tool.name, scenario, results[tool.name][scenario], flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-") as name, CountingS3() as s3:
         tmp = Path(name)
         if "ceilings" in only:
             results["machine"] = {"ceilings": _ceilings(tmp)}
             print("machine ceilings:", results["machine"]["ceilings"], flush=True)
-        if "ship" in only:
-            wal_mb = wl.wal_bytes_of_bulk(tmp, plan.w2_mb * 1_000_000)
-            for tool in tools:
-                results[tool.name]["W2 ship (file)"] = _median(
-                    [ship(tool, tmp, plan, wal_mb) for _ in range(plan.repeat)]
-                )
-                print(tool.name, "W2", results[tool.name]["W2 ship (file)"], flush=True)
-        alone = None
+        idle = Idle(tools, tmp, s3, plan.w5_seconds) if "w5" in only else None
+        try:
+            if "ship" in only:
+                done = timed("ship")
+                wal_mb = wl.wal_bytes_of_bulk(tmp, plan.w2_mb * 1_000_000)
+                for tool in tools:
+                    record(tool, "W2 ship (file)", [ship(tool, tmp, plan, wal_mb) for _ in range(plan.repeat)])
+                done()
+            for scenario, interval, rate, key in [
+                ("W1 1s (s3)", "1s", 200.0, "w1"),
+                ("W1 100ms (s3)", "100ms", 200.0, "w1-100ms"),
+                ("W1 sparse, 1 commit / 3 s, 1s (s3)", "1s", 1 / 3, "sparse"),
+            ]:
+                if key in only:
+                    done = timed(key)
+                    for tool in tools:
+                        record(
+                            tool,
+                            scenario,
+                            [steady(tool, tmp, plan, s3, interval, rate=rate) for _ in range(plan.repeat)],
+                        )
+                    done()
+            if "w1" in only:
+                done = timed("alone")
+                results["no replication"] = {"W1 alone": _median([alone(tmp, plan) for _ in range(plan.repeat)])}
+                done()
+        finally:
+            idle_figures = idle.finish() if idle else {}
         for tool in tools:
-            if "w1" in only or "w4" in only:
-                runs = [
-                    steady(tool, tmp, plan, s3, "1s", idle=plan.w5_seconds if plan.quick else 0)
-                    for _ in range(plan.repeat)
-                ]
-                results[tool.name]["W1 1s (s3)"] = _median(runs)
-                print(tool.name, "W1 1s", results[tool.name]["W1 1s (s3)"], flush=True)
-                if "w4" in only and plan.quick:
-                    last = runs[-1]
-                    results[tool.name]["W4 restore (s3)"] = _median(
-                        [restore_figures(tool, s3, last["_replica"], last["_work"], lambda out: None)]
-                    )
-                    print(tool.name, "W4", results[tool.name]["W4 restore (s3)"], flush=True)
-            if "sparse" in only:
-                runs = [steady(tool, tmp, plan, s3, "1s", idle=0, rate=0.33) for _ in range(plan.repeat)]
-                results[tool.name]["W1 sparse, 1 commit / 3 s, 1s (s3)"] = _median(runs)
-                print(tool.name, "sparse", results[tool.name]["W1 sparse, 1 commit / 3 s, 1s (s3)"], flush=True)
-            if "w1-100ms" in only:
-                runs = [steady(tool, tmp, plan, s3, "100ms", idle=0) for _ in range(plan.repeat)]
-                results[tool.name]["W1 100ms (s3)"] = _median(runs)
-                print(tool.name, "W1 100ms", results[tool.name]["W1 100ms (s3)"], flush=True)
-        if "w1" in only:
-            work = _fresh(tmp, "alone")
-            db = work / "app.db"
-            wl.seed_database(db, preload_mb=20)
-            out = work / "commits.json"
-            wl.steady(db, plan.w1_seconds, 200, out).wait()
-            records = wl.commits(out)
-            alone = {
-                "commit_p50_ms": _pct([r.latency for r in records], 0.5) * 1e3,
-                "commit_p99_ms": _pct([r.latency for r in records], 0.99) * 1e3,
-            }
-            results["no replication"] = {"W1 alone": {k: (v, v, v) for k, v in alone.items()}}
+            if tool.name in idle_figures:
+                results[tool.name]["W5 idle (s3)"] = {k: (v, v, v) for k, v in idle_figures[tool.name].items()}
+        if "w4" in only:
+            done = timed("w4")
+            made = history(tools, tmp, plan, s3)
+            for tool in tools:
+                replica, work = made[tool.name]
+                rows = len(wl.commits(work / "commits.json"))
+
+                def check(out: Path, tool: Tool = tool, rows: int = rows) -> None:
+                    got = wl.rows_in(out, "w1")
+                    assert got == rows, f"{tool.name}: W4 restore has {got} of {rows} committed rows"
+
+                record(tool, "W4 restore (s3)", restore_figures(tool, s3, replica, work, plan, check=check))
+                _empty(replica)
+            done()
         if "w3" in only:
+            done = timed("w3")
             seed = tmp / "w3-seed.db"
             wl.seed_database(seed, preload_mb=plan.w3_mb)
             for tool in tools:
-                results[tool.name]["W3 restore (s3)"] = _median(
-                    [big_restore(tool, tmp, plan, s3, seed) for _ in range(plan.repeat)]
-                )
-                print(tool.name, "W3", results[tool.name]["W3 restore (s3)"], flush=True)
+                record(tool, "W3 restore (s3)", big_restore(tool, tmp, plan, s3, seed))
+            done()
         results["run"] = {
             "seconds": time.monotonic() - started,
+            "phases": phases,
             "quick": plan.quick,
             "repeat": plan.repeat,
             "moto_cpu_s": s3.server_cpu_seconds(),

@@ -165,6 +165,7 @@ class CountingMiddleware:
                     "method": method,
                     "bucket": bucket,
                     "key": key,
+                    "range": environ.get("HTTP_RANGE", ""),
                     "status": status[0],
                     "bytes_in": max(declared, counting.count),
                     "bytes_out": sent,
@@ -322,7 +323,7 @@ class CountingS3:
         self._request("POST", "/_reset")
 
     def log(self, since: float | None = None) -> list[dict[str, Any]]:
-        """Every logged request, in completion order: op, method, bucket, key, status, bytes_in, bytes_out, done."""
+        """Every logged request in completion order: op, method, bucket, key, range, status, bytes_in/out, done."""
         entries: list[dict[str, Any]] = json.loads(
             self._request("GET", "/_counts" + (f"?since={since!r}" if since else ""))
         )

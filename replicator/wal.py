@@ -37,7 +37,7 @@ MIN_PAGE_SIZE = 512
 MAX_PAGE_SIZE = 65536
 
 # Frames verified per numpy batch: bounds the uint64 temporaries to a few MiB whatever the input size.
-_BATCH_BYTES = 4 << 20
+_BATCH_BYTES = 1 << 20
 _MASK32 = 0xFFFFFFFF
 
 Checksum = tuple[int, int]

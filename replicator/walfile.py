@@ -11,7 +11,7 @@ import numpy as np
 from . import wal
 from .errors import InvalidWalHeader
 
-_CHUNK = 8 << 20  # bytes per read; buffers are reused, so memory and page faults stay flat
+_CHUNK = 2 << 20  # bytes per read; buffers are reused, so memory and page faults stay flat
 
 
 class WalFile:

@@ -77,13 +77,27 @@ def test_s3_unreachable_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch) -
         client.get("k")
 
 
-def test_s3_large_upload_goes_multipart_and_reads_back(s3_location: S3Location) -> None:
-    """RGW answers CompleteMultipartUpload with an empty ETag: nothing of ours may depend on it."""
+@pytest.mark.parametrize("source", ["memory", "named file", "renamed file"])
+def test_s3_large_upload_goes_multipart_and_reads_back(s3_location: S3Location, tmp_path: Path, source: str) -> None:
+    """RGW answers CompleteMultipartUpload with an empty ETag: nothing of ours may depend on it.
+
+    A file still at its path is uploaded by name (bounded memory); one whose path now names something else
+    (or nothing) must still be read through the object we were given.
+    """
     client = s3_location.client()
     client._transfer.multipart_threshold = 5 << 20  # the smallest part S3 accepts
     client._transfer.multipart_chunksize = 5 << 20
     data = bytes(range(256)) * (11 << 12)  # 11 MiB: three parts
-    client.put("big", io.BytesIO(data))
+    if source == "memory":
+        client.put("big", io.BytesIO(data))
+    else:
+        path = tmp_path / "spooled"
+        path.write_bytes(data)
+        with open(path, "rb") as f:
+            if source == "renamed file":
+                path.rename(tmp_path / "moved")
+                path.write_bytes(b"not this")
+            client.put("big", f)
     assert client.get("big") == data
     assert client.get("big", 5 << 20, 10) == data[5 << 20 : (5 << 20) + 10]
 

@@ -69,7 +69,14 @@ class S3Client:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._page_size = list_page_size
         self._client = client or _make_client(endpoint_url, region)
-        self._transfer = TransferConfig(multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=16 << 20)
+        # 8 MiB parts allow 80 GB objects (10 000 parts). Uploads from a file object copy parts into memory first:
+        # at most 4 of them (the default, 10, costs 80 MiB+ of RSS). Files still at their path go by name instead.
+        self._transfer = TransferConfig(
+            multipart_threshold=_MULTIPART_THRESHOLD,
+            multipart_chunksize=8 << 20,
+            max_concurrency=4,
+        )
+        self._transfer.max_in_memory_upload_chunks = 4  # s3transfer's setting; boto3's constructor lacks it
 
     @property
     def url(self) -> str:
@@ -131,8 +138,15 @@ class S3Client:
                 size = body.seek(0, io.SEEK_END) - start
                 body.seek(start)
                 if size > self._transfer.multipart_threshold:
-                    # s3transfer closes the file it reads: lend it one that cannot close ours (retries rewind it).
-                    self._client.upload_fileobj(cast(IO[Any], _Lent(body)), self.bucket, full, Config=self._transfer)
+                    path = _same_file_path(body)
+                    if path is not None and start == 0:
+                        # By name, s3transfer reads each part from the file as it sends it; from a file object it
+                        # copies parts into memory first (measured: +11 MB RSS vs +75 MB for a 130 MB upload).
+                        self._client.upload_file(path, self.bucket, full, Config=self._transfer)
+                    else:
+                        # s3transfer closes the file it reads: lend it one that cannot close ours.
+                        lent = cast(IO[Any], _Lent(body))
+                        self._client.upload_fileobj(lent, self.bucket, full, Config=self._transfer)
                     return
                 body = body.read()
             self._client.put_object(Bucket=self.bucket, Key=full, Body=body)
@@ -176,6 +190,17 @@ class _ClassifiedStream:
         with _classified(self._what):
             data: bytes = self._body.read(None if size < 0 else size)
             return data
+
+
+def _same_file_path(body: BinaryIO) -> str | None:
+    """The path `body` was opened from, if that path still names the very same regular file."""
+    name = getattr(body, "name", None)
+    try:
+        if isinstance(name, str) and os.path.samestat(os.fstat(body.fileno()), os.stat(name)):
+            return name
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        pass
+    return None
 
 
 class _Lent(io.RawIOBase):
