@@ -22,6 +22,8 @@ import argparse
 import json
 import math
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,15 +77,27 @@ class Plan:
         return 30 if self.quick else 300
 
     @property
-    def short_seconds(self) -> float:
-        """The sparse-writes runs and the no-replication commit-latency runs."""
-        return 20 if self.quick else 30
+    def sparse_seconds(self) -> float:
+        return 20 if self.quick else 45
+
+    @property
+    def alone_seconds(self) -> float:
+        """W1 with no tool attached: 4000 commits give the baseline commit latency p99."""
+        return 20
 
 
 def _fresh(tmp: Path, name: str) -> Path:
     path = tmp / f"{name}-{uuid.uuid4().hex[:8]}"
     path.mkdir()
     return path
+
+
+def _preloaded(tmp: Path, db: Path) -> None:
+    """A copy of one database preloaded with 20 MB, made once per run: every tool starts from the same bytes."""
+    template = tmp / "preloaded-20mb.db"
+    if not template.exists():
+        wl.seed_database(template, preload_mb=20)
+    shutil.copyfile(template, db)
 
 
 def _s3_replica(s3: CountingS3, name: str) -> Replica:
@@ -252,10 +266,10 @@ def steady(tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, interval: str, *, 
     """
     work = _fresh(tmp, f"w1-{tool.name}-{interval}")
     db = work / "app.db"
-    wl.seed_database(db, preload_mb=20)
+    _preloaded(tmp, db)
     replica = _s3_replica(s3, "db")
     out = work / "commits.json"
-    seconds = plan.w1_seconds if rate >= 1 else plan.short_seconds
+    seconds = plan.w1_seconds if rate >= 1 else plan.sparse_seconds
     with replicating(tool, db, replica, interval=interval, work=work) as proc:
         meter = wl.Meter(proc.pid)
         _wait_quiet(replica, quiet=2.0)
@@ -263,7 +277,7 @@ def steady(tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, interval: str, *, 
         start = time.time()
         with writing(wl.steady(db, seconds, rate, out)) as writer:
             writer.wait()
-        time.sleep(3.0)
+        time.sleep(2.0)  # the last sync: within one interval plus an upload (lag p99 <= 1.3 s at 1 s for all)
         ended = time.time()
         cpu = meter.cpu_since_mark()
         rss = meter.peak_rss_mb()
@@ -299,9 +313,9 @@ def alone(tmp: Path, plan: Plan) -> dict[str, float]:
     """W1 with no replication: the app's own commit latency, the baseline for the figures above."""
     work = _fresh(tmp, "alone")
     db = work / "app.db"
-    wl.seed_database(db, preload_mb=20)
+    _preloaded(tmp, db)
     out = work / "commits.json"
-    with writing(wl.steady(db, plan.short_seconds, 200, out)) as writer:
+    with writing(wl.steady(db, plan.alone_seconds, 200, out)) as writer:
         writer.wait()
     records = wl.commits(out)
     subprocess.run(["rm", "-rf", str(work)], check=True)
@@ -322,15 +336,19 @@ class Idle:
         self.s3, self.seconds = s3, seconds
         self.stack = ExitStack()
         self.running: list[tuple[Tool, Replica]] = []
-        for tool in tools:
-            work = _fresh(tmp, f"w5-{tool.name}")
-            db = work / "app.db"
-            wl.seed_database(db, preload_mb=20)
-            replica = _s3_replica(s3, "db")
-            self.stack.enter_context(replicating(tool, db, replica, interval="1s", work=work))
-            self.running.append((tool, replica))
-        for _, replica in self.running:
-            _wait_quiet(replica, quiet=2.0)
+        try:
+            for tool in tools:
+                work = _fresh(tmp, f"w5-{tool.name}")
+                db = work / "app.db"
+                _preloaded(tmp, db)
+                replica = _s3_replica(s3, "db")
+                self.stack.enter_context(replicating(tool, db, replica, interval="1s", work=work))
+                self.running.append((tool, replica))
+            for _, replica in self.running:
+                _wait_quiet(replica, quiet=2.0)
+        except BaseException:
+            self.stack.close()
+            raise
         self.since = time.time()
 
     def finish(self) -> dict[str, dict[str, float]]:
@@ -347,32 +365,44 @@ class Idle:
         return figures
 
 
-def history(tools: list[Tool], tmp: Path, plan: Plan, s3: CountingS3) -> dict[str, tuple[Replica, Path]]:
+class History:
     """W4's history: a snapshot plus `w4_seconds` of W1 for every tool AT ONCE (each its own db, writer, bucket).
 
-    Concurrent to keep the full run under 45 minutes; what W4 measures is the restore afterwards, run alone,
-    and the history's shape (one segment per sync interval) does not depend on the machine's load.
+    Built at the same time for all tools, and in the background of the sparse-writes scenario, to keep the
+    full run under 45 minutes: W4 measures the restore afterwards, run alone, and the history's shape (one
+    segment per sync interval) does not depend on the machine's load. `finish` waits for the writers, lets
+    the tools sync, stops them and returns each tool's replica and work directory.
     """
-    made: dict[str, tuple[Replica, Path]] = {}
-    with ExitStack() as stack:
-        dbs = []
-        for tool in tools:
-            work = _fresh(tmp, f"w4-{tool.name}")
-            db = work / "app.db"
-            wl.seed_database(db, preload_mb=20)
-            replica = _s3_replica(s3, "db")
-            stack.enter_context(replicating(tool, db, replica, interval="1s", work=work))
-            made[tool.name] = (replica, work)
-            dbs.append((db, work))
-        for replica, _ in made.values():
-            _wait_quiet(replica, quiet=2.0)
-        writers = [
-            stack.enter_context(writing(wl.steady(db, plan.w4_seconds, 200, work / "commits.json"))) for db, work in dbs
-        ]
-        for writer in writers:
-            writer.wait()
-        time.sleep(3.0)
-    return made
+
+    def __init__(self, tools: list[Tool], tmp: Path, plan: Plan, s3: CountingS3) -> None:
+        self.made: dict[str, tuple[Replica, Path]] = {}
+        self.stack = ExitStack()
+        try:
+            dbs = []
+            for tool in tools:
+                work = _fresh(tmp, f"w4-{tool.name}")
+                db = work / "app.db"
+                _preloaded(tmp, db)
+                replica = _s3_replica(s3, "db")
+                self.stack.enter_context(replicating(tool, db, replica, interval="1s", work=work))
+                self.made[tool.name] = (replica, work)
+                dbs.append((db, work))
+            for replica, _ in self.made.values():
+                _wait_quiet(replica, quiet=2.0)
+            self.writers = [
+                self.stack.enter_context(writing(wl.steady(db, plan.w4_seconds, 200, work / "commits.json")))
+                for db, work in dbs
+            ]
+        except BaseException:
+            self.stack.close()
+            raise
+
+    def finish(self) -> dict[str, tuple[Replica, Path]]:
+        with self.stack:
+            for writer in self.writers:
+                writer.wait()
+            time.sleep(3.0)
+        return self.made
 
 
 def _w1_wal_bytes(records: list[wl.CommitRecord]) -> int:
@@ -475,6 +505,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", choices=SCENARIOS, help="a subset")
     parser.add_argument("--tools", nargs="*", default=["replicator", "0.3.13", "0.5.17"])
     args = parser.parse_args(argv)
+    # Stop every tool, writer and the S3 server on SIGTERM or SIGINT too (the finally blocks do it): a run
+    # started in the background by a shell has SIGINT ignored, and SIGTERM would otherwise skip them.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     os.environ.update(_env())  # our own listings of the S3 replica use the bench credentials too
     plan = Plan(args.quick, args.full, args.repeat or (1 if args.quick else 3))
     only = set(args.only or SCENARIOS)
@@ -509,16 +543,12 @@ def main(argv: list[str] | None = None) -> None:
             for scenario, interval, rate, key in [
                 ("W1 1s (s3)", "1s", 200.0, "w1"),
                 ("W1 100ms (s3)", "100ms", 200.0, "w1-100ms"),
-                ("W1 sparse, 1 commit / 3 s, 1s (s3)", "1s", 1 / 3, "sparse"),
             ]:
                 if key in only:
                     done = timed(key)
                     for tool in tools:
-                        record(
-                            tool,
-                            scenario,
-                            [steady(tool, tmp, plan, s3, interval, rate=rate) for _ in range(plan.repeat)],
-                        )
+                        runs = [steady(tool, tmp, plan, s3, interval, rate=rate) for _ in range(plan.repeat)]
+                        record(tool, scenario, runs)
                     done()
             if "w1" in only:
                 done = timed("alone")
@@ -529,9 +559,18 @@ def main(argv: list[str] | None = None) -> None:
         for tool in tools:
             if tool.name in idle_figures:
                 results[tool.name]["W5 idle (s3)"] = {k: (v, v, v) for k, v in idle_figures[tool.name].items()}
-        if "w4" in only:
-            done = timed("w4")
-            made = history(tools, tmp, plan, s3)
+        done = timed("w4 history + sparse")
+        building = History(tools, tmp, plan, s3) if "w4" in only else None
+        try:
+            if "sparse" in only:
+                for tool in tools:
+                    runs = [steady(tool, tmp, plan, s3, "1s", rate=1 / 3) for _ in range(plan.repeat)]
+                    record(tool, "W1 sparse, 1 commit / 3 s, 1s (s3)", runs)
+        finally:
+            made = building.finish() if building else {}
+        done()
+        if made:
+            done = timed("w4 restores")
             for tool in tools:
                 replica, work = made[tool.name]
                 rows = len(wl.commits(work / "commits.json"))
@@ -557,7 +596,9 @@ def main(argv: list[str] | None = None) -> None:
             "repeat": plan.repeat,
             "moto_cpu_s": s3.server_cpu_seconds(),
         }  # type: ignore[dict-item]
-    _report(results, [t.name for t in tools], plan)
+    # A partial run gets its own file name, so it never overwrites a complete run's results.
+    suffix = "-quick" * plan.quick + "-full" * plan.full + "".join(f"-{n}" for n in sorted(only) if args.only)
+    _report(results, [t.name for t in tools], plan, suffix)
 
 
 def _ceilings(tmp: Path) -> dict[str, float]:
@@ -580,14 +621,13 @@ def _ceilings(tmp: Path) -> dict[str, float]:
     return {"page_cache_read_mb_s": read, "zstd1_mb_s": zstd}
 
 
-def _report(results: dict[str, dict[str, Any]], names: list[str], plan: Plan) -> None:
+def _report(results: dict[str, dict[str, Any]], names: list[str], plan: Plan, suffix: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-    suffix = "-quick" if plan.quick else ""
     (RESULTS / f"{stamp}{suffix}.json").write_text(json.dumps(results, indent=2, default=str))
     ours_name, theirs = names[0], names[1:]
     lines = [
-        f"# Benchmarks {stamp} ({'quick' if plan.quick else 'standard'}, {plan.repeat} run(s) each; median [min-max])",
+        f"# Benchmarks {stamp}{suffix} ({plan.repeat} run(s) each; median [min-max])",
         "",
         "Ratios are ours / theirs: below 1 is better for times, CPU, memory, requests and bytes;",
         "above 1 is better for throughput.",
