@@ -325,6 +325,41 @@ def alone(tmp: Path, plan: Plan) -> dict[str, float]:
     }
 
 
+@dataclass(frozen=True)
+class Attached:
+    replica: Replica
+    work: Path
+    db: Path
+
+
+@contextmanager
+def _closed_on_error(stack: ExitStack) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        stack.close()
+        raise
+
+
+def _attach_all(tools: list[Tool], tmp: Path, s3: CountingS3, stack: ExitStack, name: str) -> dict[str, Attached]:
+    """Every tool replicating its own copy of the preloaded database to its own bucket, snapshots stored.
+
+    The processes are stopped when `stack` closes (here already, if attaching any of them fails).
+    """
+    attached: dict[str, Attached] = {}
+    with _closed_on_error(stack):
+        for tool in tools:
+            work = _fresh(tmp, f"{name}-{tool.name}")
+            db = work / "app.db"
+            _preloaded(tmp, db)
+            replica = _s3_replica(s3, "db")
+            stack.enter_context(replicating(tool, db, replica, interval="1s", work=work))
+            attached[tool.name] = Attached(replica, work, db)
+        for a in attached.values():
+            _wait_quiet(a.replica, quiet=2.0)
+    return attached
+
+
 class Idle:
     """W5: every tool attached to its own database that nobody writes; requests per minute after start-up.
 
@@ -335,20 +370,7 @@ class Idle:
     def __init__(self, tools: list[Tool], tmp: Path, s3: CountingS3, seconds: float) -> None:
         self.s3, self.seconds = s3, seconds
         self.stack = ExitStack()
-        self.running: list[tuple[Tool, Replica]] = []
-        try:
-            for tool in tools:
-                work = _fresh(tmp, f"w5-{tool.name}")
-                db = work / "app.db"
-                _preloaded(tmp, db)
-                replica = _s3_replica(s3, "db")
-                self.stack.enter_context(replicating(tool, db, replica, interval="1s", work=work))
-                self.running.append((tool, replica))
-            for _, replica in self.running:
-                _wait_quiet(replica, quiet=2.0)
-        except BaseException:
-            self.stack.close()
-            raise
+        self.running = _attach_all(tools, tmp, s3, self.stack, "w5")
         self.since = time.time()
 
     def finish(self) -> dict[str, dict[str, float]]:
@@ -357,10 +379,11 @@ class Idle:
         log = self.s3.log(self.since)
         self.stack.close()
         figures = {}
-        for tool, replica in self.running:
+        for tool in self.running:
+            replica = self.running[tool].replica
             counts = _counts([e for e in log if e["bucket"] == replica.bucket], self.since, until)
-            figures[tool.name] = {f"{op.lower()}_per_min": counts.get(op, 0) / (self.seconds / 60) for op in OPS}
-            figures[tool.name]["requests_per_min"] = sum(counts.values()) / (self.seconds / 60)
+            figures[tool] = {f"{op.lower()}_per_min": counts.get(op, 0) / (self.seconds / 60) for op in OPS}
+            figures[tool]["requests_per_min"] = sum(counts.values()) / (self.seconds / 60)
             _empty(replica)
         return figures
 
@@ -375,29 +398,15 @@ class History:
     """
 
     def __init__(self, tools: list[Tool], tmp: Path, plan: Plan, s3: CountingS3) -> None:
-        self.made: dict[str, tuple[Replica, Path]] = {}
         self.stack = ExitStack()
-        try:
-            dbs = []
-            for tool in tools:
-                work = _fresh(tmp, f"w4-{tool.name}")
-                db = work / "app.db"
-                _preloaded(tmp, db)
-                replica = _s3_replica(s3, "db")
-                self.stack.enter_context(replicating(tool, db, replica, interval="1s", work=work))
-                self.made[tool.name] = (replica, work)
-                dbs.append((db, work))
-            for replica, _ in self.made.values():
-                _wait_quiet(replica, quiet=2.0)
+        self.made = _attach_all(tools, tmp, s3, self.stack, "w4")
+        with _closed_on_error(self.stack):
             self.writers = [
-                self.stack.enter_context(writing(wl.steady(db, plan.w4_seconds, 200, work / "commits.json")))
-                for db, work in dbs
+                self.stack.enter_context(writing(wl.steady(a.db, plan.w4_seconds, 200, a.work / "commits.json")))
+                for a in self.made.values()
             ]
-        except BaseException:
-            self.stack.close()
-            raise
 
-    def finish(self) -> dict[str, tuple[Replica, Path]]:
+    def finish(self) -> dict[str, Attached]:
         with self.stack:
             for writer in self.writers:
                 writer.wait()
@@ -572,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
         if made:
             done = timed("w4 restores")
             for tool in tools:
-                replica, work = made[tool.name]
+                replica, work = made[tool.name].replica, made[tool.name].work
                 rows = len(wl.commits(work / "commits.json"))
 
                 def check(out: Path, tool: Tool = tool, rows: int = rows) -> None:
