@@ -92,6 +92,11 @@ def _fresh(tmp: Path, name: str) -> Path:
     return path
 
 
+def _bench_client(replica: Replica) -> Any:
+    """The harness's own boto3 client for an S3 replica (moto, with the bench credentials from _env)."""
+    return boto3.session.Session().client("s3", endpoint_url=replica.endpoint, region_name="us-east-1")
+
+
 def _preloaded(tmp: Path, db: Path) -> None:
     """A copy of one database preloaded with 20 MB, made once per run: every tool starts from the same bytes."""
     template = tmp / "preloaded-20mb.db"
@@ -110,7 +115,7 @@ def _stored_bytes(replica: Replica) -> int:
     if replica.kind == "file":
         assert replica.path is not None
         return sum(p.stat().st_size for p in replica.path.rglob("*") if p.is_file())
-    client = boto3.session.Session().client("s3", endpoint_url=replica.endpoint, region_name="us-east-1")
+    client = _bench_client(replica)
     total = 0
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=replica.bucket, Prefix=replica.prefix or ""):
         total += sum(o["Size"] for o in page.get("Contents", []))
@@ -156,7 +161,7 @@ def writing(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
 
 def _empty(replica: Replica) -> None:
     """Delete a finished scenario's objects so moto (which holds them all in memory) stays small."""
-    client = boto3.session.Session().client("s3", endpoint_url=replica.endpoint, region_name="us-east-1")
+    client = _bench_client(replica)
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=replica.bucket):
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
         if keys:
@@ -302,8 +307,7 @@ def steady(tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, interval: str, *, 
         "uploaded_per_wal_byte": uploaded / wal_bytes if wal_bytes else float("nan"),
         "cpu_s_per_min": cpu / minutes,
         "peak_rss_mb": rss,
-        "commit_p50_ms": _pct([r.latency for r in records], 0.5) * 1e3,
-        "commit_p99_ms": _pct([r.latency for r in records], 0.99) * 1e3,
+        **_commit_latency(records),
         "monthly_request_usd": (window.get("PUT", 0) + window.get("LIST", 0)) / minutes * 43200 * PUT_PRICE
         + window.get("GET", 0) / minutes * 43200 * GET_PRICE,
     }
@@ -319,10 +323,13 @@ def alone(tmp: Path, plan: Plan) -> dict[str, float]:
         writer.wait()
     records = wl.commits(out)
     subprocess.run(["rm", "-rf", str(work)], check=True)
-    return {
-        "commit_p50_ms": _pct([r.latency for r in records], 0.5) * 1e3,
-        "commit_p99_ms": _pct([r.latency for r in records], 0.99) * 1e3,
-    }
+    return _commit_latency(records)
+
+
+def _commit_latency(records: list[wl.CommitRecord]) -> dict[str, float]:
+    """The app's commit latency p50 and p99, in milliseconds."""
+    latencies = [r.latency for r in records]
+    return {"commit_p50_ms": _pct(latencies, 0.5) * 1e3, "commit_p99_ms": _pct(latencies, 0.99) * 1e3}
 
 
 @dataclass(frozen=True)
@@ -479,8 +486,9 @@ def big_restore(tool: Tool, tmp: Path, plan: Plan, s3: CountingS3, seed: Path) -
         assert wl.rows_in(out, "big") == rows, f"{tool.name}: W3 restore has {wl.rows_in(out, 'big')} of {rows} rows"
 
     runs = restore_figures(tool, s3, replica, work, plan, check=check)
+    stored_mb = _stored_bytes(replica) / 1e6
     for figures in runs:
-        figures["stored_mb"] = _stored_bytes(replica) / 1e6
+        figures["stored_mb"] = stored_mb
         figures["startup_cpu_s"] = startup_cpu
     _empty(replica)
     subprocess.run(["rm", "-rf", str(work)], check=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,24 +93,25 @@ def generations(source: str, config: Path | None, as_json: bool) -> None:
     )  # fmt: skip
 
 
+def _object_rows(
+    source: str, config: Path | None, kind: type, describe: Callable[[Any], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One row per object of `kind` in the replica, oldest first: its generation, `describe(key)`, its bytes."""
+    from replicator.keys import chain_order
+
+    listing = _listing(source, config)
+    keys = sorted((k for k in listing.sizes if isinstance(k, kind)), key=chain_order)
+    return [{"generation": f"{k.generation:016x}", **describe(k), "bytes": listing.sizes[k]} for k in keys]
+
+
 @click.command()
 @_source_options
 def snapshots(source: str, config: Path | None, as_json: bool) -> None:
     """List the snapshots in a replica (oldest first)."""
-    from replicator.keys import SnapshotKey, chain_order
+    from replicator.keys import SnapshotKey
     from replicator.restore import format_time
 
-    listing = _listing(source, config)
-    keys = sorted((k for k in listing.sizes if isinstance(k, SnapshotKey)), key=chain_order)
-    rows = [
-        {
-            "generation": f"{k.generation:016x}",
-            "txid": k.txid,
-            "time": format_time(k.time_us),
-            "bytes": listing.sizes[k],
-        }
-        for k in keys
-    ]
+    rows = _object_rows(source, config, SnapshotKey, lambda k: {"txid": k.txid, "time": format_time(k.time_us)})
     if not as_json:
         for row in rows:
             row["size"] = _mb(row["bytes"])
@@ -120,21 +122,15 @@ def snapshots(source: str, config: Path | None, as_json: bool) -> None:
 @_source_options
 def wal(source: str, config: Path | None, as_json: bool) -> None:
     """List the WAL segments in a replica (oldest first): the transactions each one ships."""
-    from replicator.keys import SegmentKey, chain_order
+    from replicator.keys import SegmentKey
     from replicator.restore import format_time
 
-    listing = _listing(source, config)
-    keys = sorted((k for k in listing.sizes if isinstance(k, SegmentKey)), key=chain_order)
-    rows = [
-        {
-            "generation": f"{k.generation:016x}",
-            "first_txid": k.first_txid,
-            "last_txid": k.last_txid,
-            "time": format_time(k.last_time_us),
-            "bytes": listing.sizes[k],
-        }
-        for k in keys
-    ]
+    rows = _object_rows(
+        source,
+        config,
+        SegmentKey,
+        lambda k: {"first_txid": k.first_txid, "last_txid": k.last_txid, "time": format_time(k.last_time_us)},
+    )
     if not as_json:
         for row in rows:
             row["txids"] = f"{row['first_txid']}-{row['last_txid']}"
