@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -41,6 +41,9 @@ def open_source(source: str, config: Path | None) -> tuple[ReplicaClient, Path |
     raise ConfigError(f"{source} is not a database in {config}")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class Timestamp(click.ParamType):
     """RFC 3339 with a zone (2026-11-21T14:03:00Z, 2026-11-21T15:03:00+01:00) -> microseconds since the epoch."""
 
@@ -56,7 +59,7 @@ class Timestamp(click.ParamType):
             self.fail(f"{text!r} is not an RFC 3339 time such as 2026-11-21T14:03:00Z", param, ctx)
         if moment.tzinfo is None:
             self.fail(f"{text!r} has no time zone: add Z (UTC) or an offset such as +01:00", param, ctx)
-        return int(moment.timestamp() * 1_000_000)
+        return (moment - _EPOCH) // timedelta(microseconds=1)  # exact: float seconds can lose the last microsecond
 
 
 class Txid(click.ParamType):

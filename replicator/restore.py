@@ -22,7 +22,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, TypeVar, cast
 
@@ -164,7 +164,9 @@ def restorable_span(objects: Iterable[ObjectKey]) -> tuple[int, int] | None:
 
 
 def format_time(time_us: int) -> str:
-    return datetime.fromtimestamp(time_us / 1e6, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 to the microsecond: a time copied from a listing into --timestamp includes that very object."""
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=time_us)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 Progress = Callable[[int], None]  # called with each number of bytes fetched

@@ -7,7 +7,12 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+from replicator_cli.common import Timestamp
 from replicator_cli.main import cli
+
+from replicator.restore import format_time
 
 COMMANDS = ["replicate", "restore", "generations", "snapshots", "wal", "version"]
 
@@ -40,3 +45,9 @@ def test_installed_console_script_runs() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("replicator ")
+
+
+@given(st.integers(min_value=946_684_800_000_000, max_value=4_102_444_800_000_000))  # years 2000-2100
+def test_a_time_shown_by_the_listings_reads_back_as_the_same_microsecond(time_us: int) -> None:
+    """Restoring to a time copied from `wal` or `snapshots` must include that object, so nothing is rounded."""
+    assert Timestamp().convert(format_time(time_us), None, None) == time_us
