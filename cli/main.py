@@ -23,6 +23,11 @@ EXIT_CODES: list[tuple[type[ReplicatorError], int]] = [
 ]
 
 
+def exit_code(exc: BaseException) -> int:
+    """The exit code for a failure: its class's, or 1 for anything unexpected."""
+    return next((c for kind, c in EXIT_CODES if isinstance(exc, kind)), 1)
+
+
 class ReplicatorGroup(click.Group):
     """Turns expected failures into one line on stderr and a non-zero exit, never a traceback."""
 
@@ -31,8 +36,7 @@ class ReplicatorGroup(click.Group):
             return super().invoke(ctx)
         except ReplicatorError as exc:
             click.echo(f"error: {exc}", err=True)
-            code = next(c for kind, c in EXIT_CODES if isinstance(exc, kind))
-            sys.exit(code)
+            sys.exit(exit_code(exc))
 
 
 @click.group(cls=ReplicatorGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -21,11 +21,18 @@ from .common import setup_logging
 @click.option("--retention", help="Point-in-time restore window kept on the replicas. [default: 24h]")
 @click.option("--min-checkpoint-pages", type=int, help="Checkpoint once the WAL holds this many pages. [default: 1000]")
 @click.option("--shutdown-timeout", help="Longest wait for the final upload on SIGTERM. [default: 30s]")
+@click.option("--verify-interval", help="While uploading, how often each replica is re-checked. [default: 30s]")
+@click.option(
+    "--takeover",
+    is_flag=True,
+    help="Replicate even to a replica that belongs to another database (it moved, or replaces that one).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def replicate(
     db_path: Path | None,
     replica_urls: tuple[str, ...],
     config_path: Path | None,
+    takeover: bool,
     verbose: bool,
     **options: str | int | None,
 ) -> None:
@@ -35,11 +42,16 @@ def replicate(
       replicator replicate /data/app.db s3://bucket/app [/backups/app ...]
       replicator replicate -c replicator.yml
 
-    Runs until SIGTERM or SIGINT, then ships everything committed and exits 0 (non-zero if that fails).
+    Runs until SIGTERM or SIGINT, then ships everything committed and exits 0 once every replica has
+    proved it holds it (non-zero, naming what is missing, if not). A second replicator of the same database
+    is refused, and so is a replica that belongs to another database.
     """
-    from replicator.config import DatabaseConfig, load_config, make_settings
+    from replicator.config import DatabaseConfig, check_one_database_per_replica, load_config, make_settings
+    from replicator.errors import ReplicatorError
     from replicator.replicate import Replicator, run_all
     from replicator.storage import open_client
+
+    from .main import exit_code
 
     setup_logging(verbose)
     if config_path is not None:
@@ -52,13 +64,19 @@ def replicate(
         if db_path is None or not replica_urls:
             raise click.UsageError("give DB_PATH and at least one REPLICA_URL (or -c CONFIG)")
         databases = [DatabaseConfig(db_path, list(replica_urls), make_settings(dict(options)))]
+        check_one_database_per_replica(databases, "the command line")
 
-    replicators = [Replicator(d.path, [open_client(u) for u in d.replicas], d.settings) for d in databases]
+    replicators = [
+        Replicator(d.path, [open_client(u) for u in d.replicas], d.settings, takeover=takeover) for d in databases
+    ]
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    errors = run_all(replicators, stop)
-    if errors:
-        for error in errors:
-            click.echo(f"error: {error}", err=True)
-        sys.exit(1)
+    failures = run_all(replicators, stop)
+    for db, exc in failures:
+        if isinstance(exc, ReplicatorError):
+            click.echo(f"error: {db}: {exc}", err=True)
+        else:
+            click.echo(f"error: {db}: unexpected {type(exc).__name__}: {exc} (traceback above)", err=True)
+    if failures:
+        sys.exit(exit_code(failures[0][1]))

@@ -60,7 +60,7 @@ def restore(
     if output is None and not dry_run:
         raise click.UsageError("give -o OUTPUT (or -c CONFIG with a database path)")
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
-    if output is not None and if_db_not_exists and output.exists():
+    if output is not None and if_db_not_exists and lib.output_exists(output):
         say(f"{output} exists; nothing to do (--if-db-not-exists)")
         return
     if output is not None and not dry_run:
@@ -75,7 +75,9 @@ def restore(
         say(f"no replica data at {client.url}; nothing restored (--if-replica-exists)")
         return
     try:
-        plan = lib.plan_restore(listing.objects, generation=generation, txid=txid, timestamp_us=timestamp)
+        plan = lib.plan_restore(
+            listing.objects, generation=generation, txid=txid, timestamp_us=timestamp, now_us=time.time_ns() // 1000
+        )
     except lib.ReplicaEmpty as exc:
         raise ReplicatorError(f"{client.url}: {exc}; use --if-replica-exists to make that a success") from None
     total = listing.bytes_of(plan)

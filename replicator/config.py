@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
+from . import segment
 from .errors import ConfigError
-from .replicate import Settings
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -38,6 +38,21 @@ def parse_duration(text: object) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class Settings:
+    """How one database is replicated (docs/LIFECYCLE.md has the table)."""
+
+    sync_interval: float = 1.0  # at most one segment (one PUT per replica) per interval while busy
+    snapshot_interval: float = 24 * 3600.0
+    retention: float = 24 * 3600.0
+    min_checkpoint_pages: int = 1000  # our PASSIVE checkpoint runs once the WAL holds this many frames
+    poll_interval: float = 0.025
+    shutdown_timeout: float = 30.0
+    compression_level: int = segment.DEFAULT_LEVEL
+    lock_timeout_ms: int = 100  # longest we wait for, or hold off, the app's writers
+    verify_interval: float = 30.0  # while uploading, how often a replica is probed for the snapshot we build on
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     path: Path
     replicas: list[str]
@@ -51,8 +66,9 @@ _SETTING_KEYS = {
     "min-checkpoint-pages": "min_checkpoint_pages",
     "shutdown-timeout": "shutdown_timeout",
     "compression-level": "compression_level",
+    "verify-interval": "verify_interval",
 }
-_DURATIONS = {"sync_interval", "snapshot_interval", "retention", "shutdown_timeout", "poll_interval"}
+_DURATIONS = {"sync_interval", "snapshot_interval", "retention", "shutdown_timeout", "poll_interval", "verify_interval"}
 
 
 def _whole_number(name: str, value: object) -> int:
@@ -73,8 +89,8 @@ def make_settings(values: dict[str, Any], base: Settings | None = None) -> Setti
             continue
         changes[name] = parse_duration(value) if name in _DURATIONS else _whole_number(name, value)
     settings = Settings(**{**{f.name: getattr(base or Settings(), f.name) for f in fields(Settings)}, **changes})
-    if settings.sync_interval <= 0 or settings.retention <= 0 or settings.snapshot_interval <= 0:
-        raise ConfigError("sync-interval, snapshot-interval and retention must be positive")
+    if min(settings.sync_interval, settings.retention, settings.snapshot_interval, settings.verify_interval) <= 0:
+        raise ConfigError("sync-interval, snapshot-interval, retention and verify-interval must be positive")
     if settings.min_checkpoint_pages < 1:
         raise ConfigError("min-checkpoint-pages must be at least 1")
     return settings
@@ -107,4 +123,22 @@ def load_config(path: Path) -> list[DatabaseConfig]:
             raise ConfigError(f"config {path}: dbs[{i}] needs a list of replica URLs")
         own = {k: v for k, v in entry.items() if k not in ("path", "replicas")}
         result.append(DatabaseConfig(Path(entry["path"]), replicas, make_settings(own, shared)))
+    check_one_database_per_replica(result, f"config {path}")
     return result
+
+
+def check_one_database_per_replica(databases: list[DatabaseConfig], where: str) -> None:
+    """Refuse a database listed twice, or one replica URL given to two databases (a copy-pasted entry)."""
+    paths: dict[Path, int] = {}
+    urls: dict[str, int] = {}
+    for i, db in enumerate(databases):
+        resolved = db.path.resolve()
+        if resolved in paths:
+            raise ConfigError(f"{where}: dbs[{i}] repeats the database of dbs[{paths[resolved]}] ({db.path})")
+        paths[resolved] = i
+        for url in db.replicas:
+            if urls.get(url, i) != i:
+                raise ConfigError(
+                    f"{where}: dbs[{urls[url]}] and dbs[{i}] share the replica {url}; each database needs its own"
+                )
+            urls[url] = i

@@ -13,13 +13,21 @@ Theory of operation (docs/LIFECYCLE.md tells the same story for users):
   say at once whether anything was committed and whether the WAL was restarted. A restart while armed is
   continuity; any other change of WAL life we cannot prove, and a new generation starts.
 * Captured transactions become one segment per sync interval in the local spool (state.py), then the
-  uploaders (uploader.py) put them on every replica.
+  uploaders (uploader.py) put them on every replica. A segment and the state that records it are written
+  together or not at all (`_commit`): if the local disk is full, the transactions wait in memory (their
+  pages stay in the pinned WAL) and are written the moment it has room again.
+* Once the app has been quiet for a moment we checkpoint and stay armed, so the WAL is empty whenever the
+  app is idle: an app that then closes its database and deletes or replaces the file sees exactly what it
+  would see without us. We notice such a file within a poll, let go of it (close everything), remove its
+  stale WAL as SQLite's last close would, and start a new generation when a database is there again.
+* What we report as shipped at the end is what each replica proved to hold (uploader.py, rule 6).
 
 Generation triggers (each is logged with its reason): no local state or local state that does not match
-the database (first run, fresh container, lost or damaged state); database file replaced (new inode) or
-page size changed; the WAL restarted or truncated while we were not running or without our pin;
-the WAL's content disagreeing with SQLite's index; a replica holding objects of ours we never shipped or
-a newer generation (another writer), or lacking the generation we continue (replica wiped or added).
+the database (first run, fresh container, lost or damaged state); database file replaced or deleted, or
+page size changed; the WAL restarted or truncated while we were not running or without our pin; the WAL's
+content disagreeing with SQLite's index; a replica holding objects of ours we never shipped or a newer
+generation (another writer). A replica that merely lacks the generation (new, wiped, re-created) gets a
+snapshot of the current one instead.
 """
 
 from __future__ import annotations
@@ -27,55 +35,87 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import keys, segment, wal
-from .batch import encode_batch, plan_batch, split_batches
+import apsw
+
+from . import keys, ownership, wal
+from .batch import BatchPlan, PageReader, encode_batch, plan_batch, split_batches
+from .config import Settings
 from .errors import ReplicatorError, StorageError, TransientStorageError
 from .keys import ObjectKey, SegmentKey, SnapshotKey
+from .lineage import prove_chain
+from .segment import Writable
 from .snapshot import build_overlay, write_snapshot
-from .sqlite import Database, DatabaseBusy, FileIdentity, check_database_file
+from .sqlite import (
+    Database,
+    DatabaseBusy,
+    ExclusiveLockingMode,
+    FileIdentity,
+    StaleWal,
+    check_database_file,
+    exclusive_mode_holder,
+    remove_stale_wal,
+)
 from .state import ShipperState, StateDir, WalPosition
 from .storage import ReplicaClient
-from .uploader import Hub, Uploader, inventory
+from .uploader import Outbox, Uploader, inventory
 from .walfile import WalFile
 
 log = logging.getLogger(__name__)
+
+IDLE_CHECKPOINT_AFTER = 0.2  # seconds without a commit before we empty the WAL (see the module docstring)
 
 
 class FinalSyncFailed(ReplicatorError):
     """Shutdown could not get everything committed onto every replica in time."""
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    sync_interval: float = 1.0  # at most one segment (one PUT per replica) per interval while busy
-    snapshot_interval: float = 24 * 3600.0
-    retention: float = 24 * 3600.0
-    min_checkpoint_pages: int = 1000  # our PASSIVE checkpoint runs once the WAL holds this many frames
-    poll_interval: float = 0.025
-    shutdown_timeout: float = 30.0
-    compression_level: int = segment.DEFAULT_LEVEL
-    lock_timeout_ms: int = 100  # longest we wait for, or hold off, the app's writers
+class SpoolWriteFailed(ReplicatorError):
+    """The local spool or state could not be written (typically: the disk is full)."""
+
+
+class WorkerCrashed(ReplicatorError):
+    """An upload thread died of an unexpected exception (logged with its traceback where it happened)."""
 
 
 def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """What a new generation starts from: computed under the write lock, committed with its snapshot."""
+
+    life: wal.WalHeader | None
+    cursor: WalPosition | None
+    db_size: int
+    armed: bool
+
+
 class Replicator:
     """Replicates one database to one or more replicas. `run()` blocks until `stop` is set."""
 
-    def __init__(self, db_path: Path, clients: list[ReplicaClient], settings: Settings | None = None) -> None:
-        self.db_path = Path(db_path).absolute()
+    def __init__(
+        self,
+        db_path: Path,
+        clients: list[ReplicaClient],
+        settings: Settings | None = None,
+        *,
+        takeover: bool = False,
+    ) -> None:
+        # SQLite follows symlinks and keeps the WAL beside the target: so must everything we derive.
+        self.db_path = Path(db_path).resolve()
         self.clients = clients
         self.settings = settings or Settings()
+        self.takeover = takeover
         self.state_dir = StateDir(self.db_path)
-        self.hub = Hub(self.state_dir.spool)
-        self.wal_file = WalFile(Path(f"{self.db_path}-wal"))
+        self.outbox = Outbox(self.state_dir.spool)
+        self.uploaders: list[Uploader] = []
         self.db: Database | None = None
+        self.wal_file = WalFile(Path(f"{self.db_path}-wal"))  # opened lazily, once per open database
         self.state: ShipperState | None = None
         self.life: wal.WalHeader | None = None  # header of the WAL life our cursor is in
         self.cursor: WalPosition | None = None  # how far we have collected (state.wal: how far flushed)
@@ -83,52 +123,55 @@ class Replicator:
         self.armed = False  # a WAL restart now would continue our chain (see the module docstring)
         self._mismatches = 0
         self._checkpointing = False  # steps 1-2 of a checkpoint done, step 3 due
+        self._quiet_checkpoint = False  # the one in progress was for a quiet app, not for the WAL's size
         self._last_news = 0.0  # when we last shipped (the loop polls faster while the app is writing)
         self._last_checkpoint = 0.0
+        self._idle_checkpoint_wait = 1.0  # backoff while an app reader keeps the WAL from emptying
+        self._gone: str | None = None  # why we let go of the file: the next generation's reason
+        self._generation_wanted: str | None = None  # a generation start that could not be written yet
+        self._spool_trouble: str | None = None  # the spool write that keeps failing, said once
+        self._retry_at = 0.0  # when to try the spool again
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        if not self._wait_for_database(stop):
+        if not self._lock(stop):
             return
-        inventories = self._open(stop)
-        uploaders = [
-            Uploader(
-                self.hub,
-                c,
-                self.state_dir,
-                inventories[c.url],
-                check=self.replica_problem,
-                retention_us=int(self.settings.retention * 1e6),
-            )
-            for c in self.clients
-        ]
-        self.hub.uploaders = uploaders
-        for u in uploaders:
-            u.start()
         try:
-            self._loop(stop)
             try:
-                self._capture()
-            except _Discontinuity as exc:
-                log.error("final capture: %s", exc)
+                self._follow(stop)
+            except BaseException:
+                self._drain_quietly()  # what was captured still goes out; the failure is the news
+                raise
+            self._finish(stop)
         finally:
-            deadline = time.monotonic() + self.settings.shutdown_timeout
-            for u in uploaders:
-                u.stop(deadline)
-            for u in uploaders:
-                u.join(max(0.0, deadline - time.monotonic()) + 1)
             self._close()
-        behind = [(u.client.url, self.hub.backlog(u.position)) for u in uploaders]
-        behind = [(url, n) for url, n in behind if n]
-        if behind:
-            detail = ", ".join(f"{url} ({n} objects behind)" for url, n in behind)
-            raise FinalSyncFailed(
-                f"final sync failed: {detail}; they stay in {self.state_dir.spool.root} and are sent on the next start"
-            )
-        log.info("stopped: every replica has everything committed (txid %d)", self.state.txid if self.state else 0)
+            self.state_dir.unlock()
 
-    def _wait_for_database(self, stop: threading.Event) -> bool:
+    def _lock(self, stop: threading.Event) -> bool:
+        """One replicator per database (state.py's lock); waits for the database's directory to exist."""
+        said = False
+        while not self.db_path.parent.is_dir():
+            if not said:
+                log.info("waiting for %s to be created", self.db_path.parent)
+                said = True
+            if stop.wait(0.25):
+                return False
+        check_database_file(self.db_path)  # refuse a file that is not SQLite before creating anything beside it
+        self.state_dir.lock()
+        return True
+
+    def _follow(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if self.db is None and not self._attach(stop):
+                return
+            try:
+                self._loop(stop)
+            except _FileGone as gone:
+                self._let_go(str(gone))
+
+    def _attach(self, stop: threading.Event) -> bool:
+        """Wait for the database, open it, and (the first time) start an uploader per replica."""
         said = False
         while not check_database_file(self.db_path):
             if not said:
@@ -136,50 +179,100 @@ class Replicator:
                 said = True
             if stop.wait(0.25):
                 return False
+        listings = self._list_replicas() if not self.uploaders else None
+        if not self._open(stop, listings):
+            return False
+        if not self.uploaders:
+            assert listings is not None
+            self._start_uploaders(listings)
         return True
 
-    def _open(self, stop: threading.Event) -> dict[str, set[ObjectKey] | None]:
-        """Open the database, check local state against it and the replicas, start or continue a generation."""
+    def _list_replicas(self) -> dict[str, set[ObjectKey] | None]:
+        """What each replica holds (one LIST), checking it belongs to this database; None if unreachable."""
+        listings: dict[str, set[ObjectKey] | None] = {}
+        for client in self.clients:
+            try:
+                listings[client.url] = inventory(client)
+                ownership.claim(client, str(self.db_path), takeover=self.takeover)
+            except TransientStorageError as exc:
+                log.error("cannot reach %s (%s); replicating to the others meanwhile", client.url, exc)
+                listings[client.url] = None
+        return listings
+
+    def _start_uploaders(self, listings: dict[str, set[ObjectKey] | None]) -> None:
+        self.uploaders = [
+            Uploader(
+                self.outbox,
+                c,
+                str(self.db_path),
+                listings[c.url],
+                retention_us=int(self.settings.retention * 1e6),
+                verify_interval=self.settings.verify_interval,
+                takeover=self.takeover,
+            )
+            for c in self.clients
+        ]
+        self.outbox.uploaders = self.uploaders
+        for u in self.uploaders:
+            u.start()
+
+    def _open(self, stop: threading.Event, listings: dict[str, set[ObjectKey] | None] | None) -> bool:
+        """Open the database, retrying while the app holds its lock (a migration can take seconds)."""
+        said = False
+        delay = 0.05
+        exclusive: tuple[int, float] | None = None  # (pid, first seen): locking_mode=EXCLUSIVE if it lasts
         while True:
             try:
-                return self._try_open()
-            except DatabaseBusy:  # the app is inside a write transaction: wait for it
+                self._try_open(listings)
+                return True
+            except DatabaseBusy:
                 self._close()
-                if stop.wait(0.05):
-                    raise
+            holder = exclusive_mode_holder(self.db_path)
+            if holder is None or exclusive is None or exclusive[0] != holder:
+                exclusive = None if holder is None else (holder, time.monotonic())
+            elif time.monotonic() - exclusive[1] >= 1.0:
+                raise ExclusiveLockingMode(
+                    f"PID {holder} holds {self.db_path} with PRAGMA locking_mode=EXCLUSIVE, which lets no other "
+                    "process read it; replication needs the default locking mode: remove that pragma from the app"
+                )
+            if not said:
+                log.info(
+                    "waiting for %s: the app holds its lock (a write in rollback-journal mode, or a migration); "
+                    "retrying until it lets go",
+                    self.db_path,
+                )
+                said = True
+            if stop.wait(delay):
+                return False
+            delay = min(delay * 2, 1.0)
 
-    def _try_open(self) -> dict[str, set[ObjectKey] | None]:
+    def _try_open(self, listings: dict[str, set[ObjectKey] | None] | None) -> None:
         self.db = Database(self.db_path, lock_timeout_ms=self.settings.lock_timeout_ms)
         if self.db.ensure_wal_mode():
             log.info("switched %s to WAL mode (replication needs it)", self.db_path)
         self.db.pin()
         state = self.state_dir.load()
-        reason = self._local_state_problem(state)
-        inventories = {c.url: self._inventory(c) for c in self.clients}
-        self._reconcile_spool(state)  # before the replica checks: a snapshot may still wait in the spool
-        if reason is None:
+        reason = self._gone or self._local_state_problem(state)
+        self._reconcile_spool(state)
+        if reason is None and listings is not None:
             assert state is not None
-            reason = next(
-                (
-                    p
-                    for c in self.clients
-                    if (h := inventories[c.url]) is not None and (p := self._problem_with(state, c, h))
-                ),
-                None,
-            )
+            reason = next((p for c in self.clients if (p := self._other_writer(state, c, listings[c.url]))), None)
         if reason is None:
             assert state is not None and state.wal is not None
             self.state, self.cursor = state, state.wal
             self.life = self.wal_file.header()
+            self.outbox.set_head(state.generation, state.txid)
             log.info("continuing generation %016x at txid %d", state.generation, state.txid)
             try:
                 self._capture()
                 self._repin()
             except _Discontinuity as exc:
-                self._start_generation(str(exc))
+                self._begin_generation(str(exc))
+            except SpoolWriteFailed as exc:
+                self._spool_failed(exc)  # the loop writes it once there is room
         else:
-            self._start_generation(reason, previous=state)
-        return inventories
+            self._begin_generation(reason, previous=state)
+        self._gone = None
 
     def _close(self) -> None:
         if self.db is not None:
@@ -205,32 +298,16 @@ class Replicator:
                 return "the WAL was rewritten while the replicator was not running"
         return None
 
-    def _inventory(self, client: ReplicaClient) -> set[ObjectKey] | None:
-        """What the replica holds (one LIST), or None if it cannot be reached right now."""
-        try:
-            return inventory(client)
-        except TransientStorageError as exc:
-            log.error("cannot reach %s (%s); replicating to the others meanwhile", client.url, exc)
+    def _other_writer(self, state: ShipperState, client: ReplicaClient, held: set[ObjectKey] | None) -> str | None:
+        """A replica holding objects of ours we never shipped: another writer, so a new lineage for us."""
+        if held is None:
             return None
-
-    def replica_problem(self, client: ReplicaClient, held: set[ObjectKey]) -> str | None:
-        """Why this replica's content does not fit our current chain, or None (asked by its uploader)."""
-        return None if self.state is None else self._problem_with(self.state, client, held)
-
-    def _problem_with(self, state: ShipperState, client: ReplicaClient, held: set[ObjectKey]) -> str | None:
-        ours = keys.chain_order(SnapshotKey(state.generation, state.txid, 0))
-        if any(k.generation > state.generation for k in held):
-            return f"{client.url} holds a newer generation (another replicator writes there?)"
-        mine = [k for k in held if k.generation == state.generation]
-        if any(keys.chain_order(k) > ours for k in mine):
-            return f"{client.url} holds transactions of ours that we never shipped"
-        spooled = self.hub.has_snapshot(state.generation)  # filled by _reconcile_spool, which runs first
-        if not spooled and not any(isinstance(k, SnapshotKey) for k in mine):
-            return f"{client.url} does not hold the current generation (new or wiped replica)"
-        return None
+        problem = prove_chain(held, state.generation, state.txid).problem
+        return f"{client.url} {problem.value}" if problem is not None and problem.other_writer else None
 
     def _reconcile_spool(self, state: ShipperState | None) -> None:
-        """Drop what was captured but never recorded (a crash between spool write and state save)."""
+        """Queue what the spool holds; drop what was captured but never recorded (a crash or a full disk
+        between spool write and state save), and any second copy of one position."""
         for info in self.state_dir.spool.list(keys.GENERATIONS):
             key = keys.parse(info.key)
             unrecorded = (
@@ -238,26 +315,37 @@ class Replicator:
                 and key.generation == state.generation
                 and (keys.chain_order(key) > keys.chain_order(SnapshotKey(state.generation, state.txid, 0)))
             )
-            if unrecorded:
+            if unrecorded or self.outbox.key_at(keys.chain_order(key)) not in (None, key):
                 self.state_dir.spool.delete([info.key])
             else:
-                self.hub.add(key)
+                self.outbox.add(key)
 
     # -- the loop -------------------------------------------------------------------------------------
 
     def _loop(self, stop: threading.Event) -> None:
         last_ship = 0.0
         while not stop.is_set():
+            self._check_uploaders()
+            assert self.db is not None
             try:
+                gone = self._gone_reason()
+                if gone is not None:
+                    raise _FileGone(gone)
                 due = time.monotonic() - last_ship >= self.settings.sync_interval
-                if not self._replaced() and self._tick(due):
+                if self._tick(due):
                     last_ship = time.monotonic()
                     self._last_news = last_ship
+                self._spool_recovered()
             except _Discontinuity as exc:
-                self._start_generation(str(exc))
+                self._begin_generation(str(exc))
             except DatabaseBusy:
                 pass  # the app holds the write lock: try again next poll
-            except (ReplicatorError, OSError) as exc:
+            except SpoolWriteFailed as exc:
+                self._spool_failed(exc)
+            except apsw.Error:
+                if self._gone_reason() is None:
+                    raise  # not the file going away under us: a real failure, with its traceback
+            except ReplicatorError as exc:
                 log.error("replication error: %s", exc)
                 stop.wait(1.0)
             # Poll fast while the app is writing; a third as often once it has been quiet for a second (each
@@ -265,30 +353,62 @@ class Replicator:
             busy = time.monotonic() - self._last_news < 1.0
             stop.wait(self.settings.poll_interval * (1 if busy else 3))
 
+    def _check_uploaders(self) -> None:
+        for u in self.uploaders:
+            if u.crashed is not None:
+                raise WorkerCrashed(f"the upload thread for {u.client.url} died: {u.crashed!r}")
+
+    def _gone_reason(self) -> str | None:
+        """Why the file we follow is no longer the app's database, or None while it is."""
+        assert self.db is not None
+        if self.db.gone():
+            try:
+                FileIdentity.of(self.db_path)
+            except FileNotFoundError:
+                return "deleted"
+            return "replaced by another file"
+        if self.wal_file.swapped():
+            return "left without its WAL (the -wal file was deleted or replaced)"
+        return None
+
     def _tick(self, due: bool) -> bool:
         """One poll. Returns True if it shipped (so the next segment waits a sync interval)."""
         assert self.db is not None
+        if self._generation_wanted is not None:
+            if time.monotonic() >= self._retry_at:
+                self._begin_generation(self._generation_wanted)
+            return False
         index = self.db.read_index()
         news = self._has_news(index)
         shipped = False
         if self._checkpointing and (due or not news):
             self._repin(checkpoint=True)  # step 3 of the checkpoint, see _checkpoint
             self._checkpointing = False
-            log.info(
+            if self.armed:
+                self._idle_checkpoint_wait = 1.0
+            log.log(
+                logging.DEBUG if self._quiet_checkpoint else logging.INFO,
                 "checkpoint: WAL copied into the database%s",
                 "; it restarts at the next write" if self.armed else " up to the app's oldest reader",
             )
             shipped = news
         elif news and due:
             if index is not None and index.max_frame >= self.settings.min_checkpoint_pages and self._checkpoint_due():
-                self._checkpoint()
+                self._checkpoint(quiet=False)
             else:
                 self._capture()
             shipped = True
-        if self.hub.snapshot_wanted:
-            self.hub.snapshot_wanted = False
-            log.info("a replica lacks the current generation: taking a snapshot for it")
-            self._snapshot()
+        elif self._unflushed() and time.monotonic() >= self._retry_at:
+            self._flush()  # the spool has room again: ship what waited, without waiting for a commit
+        elif not news and not self.armed and self._idle_checkpoint_due():
+            self._checkpoint(quiet=True)  # the app is quiet: empty the WAL (see the module docstring)
+        if self.outbox.take_snapshot_request():
+            log.info("a replica needs a new base: taking a snapshot for it")
+            try:
+                self._snapshot()
+            except BaseException:
+                self.outbox.request_snapshot()  # not lost: asked again next tick
+                raise
         else:
             self._maybe_snapshot()
         return shipped
@@ -300,21 +420,49 @@ class Replicator:
             return index.max_frame > 0
         return index.salt != self.cursor.salt or index.max_frame != self.cursor.frames
 
-    def _replaced(self) -> bool:
+    def _unflushed(self) -> bool:
+        return bool(self.pending) or (self.state is not None and self.cursor != self.state.wal)
+
+    # -- the local spool: written whole or not at all, retried while the disk is full ----------------------
+
+    def _commit(self, key: ObjectKey | None, write: Callable[[Writable], object] | None, state: ShipperState) -> None:
+        """Write one object into the spool and the state that records it: both, or neither."""
+        if key is not None and write is not None:
+            try:
+                with self.state_dir.spool.writer(key.key) as out:
+                    write(out)
+            except (StorageError, OSError) as exc:
+                where = self.state_dir.spool.root
+                raise SpoolWriteFailed(f"cannot write {key.key} into {where}: {_why(exc)}") from None
         try:
-            identity = FileIdentity.of(self.db_path)
-        except FileNotFoundError:
-            return False
-        assert self.db is not None
-        if identity == self.db.identity:
-            return False
-        log.info("%s was replaced by another file; reopening", self.db_path)
-        self._close()
-        self.db = Database(self.db_path, lock_timeout_ms=self.settings.lock_timeout_ms)
-        self.db.ensure_wal_mode()
-        self.db.pin()
-        self._start_generation("the database file was replaced")
-        return True
+            self.state_dir.save(state)
+        except OSError as exc:
+            if key is not None:
+                try:
+                    self.state_dir.spool.delete([key.key])
+                except StorageError:
+                    pass  # never recorded: the next start drops it (_reconcile_spool)
+            raise SpoolWriteFailed(f"cannot save {self.state_dir.path / 'state.json'}: {_why(exc)}") from None
+        self.state = state
+        if key is not None:
+            self.outbox.add(key)
+        self.outbox.set_head(state.generation, state.txid)
+
+    def _spool_failed(self, exc: SpoolWriteFailed) -> None:
+        if self._spool_trouble is None:
+            log.error(
+                "%s; holding %d captured transactions in memory (their pages stay in the pinned WAL) and "
+                "retrying until there is room",
+                exc,
+                len(self.pending),
+            )
+        self._spool_trouble = str(exc)
+        self._retry_at = time.monotonic() + 0.25
+
+    def _spool_recovered(self) -> None:
+        if self._spool_trouble is not None and not self._unflushed() and self._generation_wanted is None:
+            log.info("the spool is writable again; everything captured is queued for the replicas")
+            self._spool_trouble = None
 
     # -- capture: collect (scan and verify) then flush (encode into the spool) ---------------------------
 
@@ -335,6 +483,8 @@ class Replicator:
                 return  # the WAL is being restarted right now; look again next poll
             if not self.armed:
                 raise _Discontinuity("the WAL was restarted without our pin (another process checkpointed)")
+            if (gone := self._gone_reason()) is not None:
+                raise _FileGone(gone)  # the new WAL life is another file's (the app replaced the database)
             self._flush()  # what we hold belongs to the old life
             self.life, self.armed = header, False  # one restart at most: the next change is not ours
             cursor = self.cursor = WalPosition(header.salt, header.checkpoint_seq, 0, header.checksum)
@@ -343,6 +493,8 @@ class Replicator:
         assert self.life is not None
         scanner = wal.FrameScanner(self.life, cursor.frames, cursor.checksum)
         transactions = list(self.wal_file.scan(scanner, index.max_frame))
+        if (gone := self._gone_reason()) is not None:
+            raise _FileGone(gone)  # frames read after the file went could be another file's: keep none
         end = transactions[-1].checksum if transactions else cursor.checksum
         if scanner.committed_frames != index.max_frame or end != index.frame_checksum:
             self._mismatches += 1  # a torn read of the index can do this once; persisting, it is real
@@ -354,61 +506,68 @@ class Replicator:
         self.cursor = replace(cursor, frames=index.max_frame, checksum=end)
 
     def _flush(self) -> None:
-        """Encode what was collected into the spool: one segment (unless huge), then record it."""
+        """Encode what was collected into the spool: one segment (unless huge), each with its state."""
         assert self.state is not None
         if not self.pending:
             if self.cursor is not None and self.cursor != self.state.wal:
-                self.state = replace(self.state, wal=self.cursor)
-                self.state_dir.save(self.state)
+                self._commit(None, None, replace(self.state, wal=self.cursor))
             return
-        assert self.life is not None
-        for batch in split_batches(self.pending, self.life.frame_size):
+        life = self.life
+        assert life is not None
+        for batch in list(split_batches(self.pending, life.frame_size)):
             plan = plan_batch(batch)
             first = self.state.txid + 1
-            now = _now_us()
-            key = SegmentKey(self.state.generation, first, first + plan.transactions - 1, now)
-            with self.state_dir.spool.writer(key.key) as out:
-                encode_batch(
-                    out,
-                    self._read_pages,
-                    self.life.page_size,
-                    plan,
-                    generation=self.state.generation,
-                    first_txid=first,
-                    time_us=now,
-                    level=self.settings.compression_level,
-                )
+            key = SegmentKey(self.state.generation, first, first + plan.transactions - 1, _now_us())
             last = batch[-1]
-            position = WalPosition(self.life.salt, self.life.checkpoint_seq, last.end_frame, last.checksum)
-            self.state = replace(self.state, txid=key.last_txid, db_size=plan.db_size, wal=position)
-            self.state_dir.save(self.state)
-            self.hub.add(key)
-        self.pending = []
+            position = WalPosition(life.salt, life.checkpoint_seq, last.end_frame, last.checksum)
+            state = replace(self.state, txid=key.last_txid, db_size=plan.db_size, wal=position)
+            self._commit(key, self._segment_writer(life, plan, key), state)
+            self.pending = self.pending[len(batch) :]
 
-    def _read_pages(self, pairs: Sequence[tuple[int, int]]) -> list[bytes]:
-        """Pages from WAL frames of our life, verified; from the database file if the WAL restarted since.
+    def _segment_writer(self, life: wal.WalHeader, plan: BatchPlan, key: SegmentKey) -> Callable[[Writable], object]:
+        def write(out: Writable) -> object:
+            return encode_batch(
+                out,
+                self._page_reader(life),
+                life.page_size,
+                plan,
+                generation=key.generation,
+                first_txid=key.first_txid,
+                time_us=key.last_time_us,
+                level=self.settings.compression_level,
+            )
+
+        return write
+
+    def _page_reader(self, life: wal.WalHeader) -> PageReader:
+        """Pages from WAL frames of `life`, verified; from the database file if that life was restarted since.
 
         A restart requires the whole life copied into the file first, and our pin (read lock 0 when armed)
-        keeps anything newer out of it, so the file then holds exactly the versions the frames held.
+        keeps anything newer out of it, so the file then holds exactly the versions the frames held. We read
+        the WAL file we opened (walfile.py): another file at the path is never taken for a restart.
         """
-        if not pairs:
-            return []
-        assert self.life is not None and self.db is not None
-        found = self.wal_file.read_verified(self.life, [frame for _, frame in pairs])
-        size = self.life.page_size
-        pages = []
-        restarted: bool | None = None
-        for pgno, frame in pairs:
-            page = found[frame]
-            if page is None:
-                if restarted is None:
-                    current = self.wal_file.header()
-                    restarted = current is None or current.salt != self.life.salt
-                if not restarted:
-                    raise _Discontinuity(f"WAL frame {frame} no longer verifies although the WAL did not restart")
-                page = self.db.read_file((pgno - 1) * size, size).ljust(size, b"\0")
-            pages.append(page)
-        return pages
+
+        def read(pairs: Sequence[tuple[int, int]]) -> list[bytes]:
+            if not pairs:
+                return []
+            assert self.db is not None
+            found = self.wal_file.read_verified(life, [frame for _, frame in pairs])
+            size = life.page_size
+            pages = []
+            restarted: bool | None = None
+            for pgno, frame in pairs:
+                page = found[frame]
+                if page is None:
+                    if restarted is None:
+                        current = self.wal_file.header()
+                        restarted = current is None or current.salt != life.salt
+                    if not restarted:
+                        raise _Discontinuity(f"WAL frame {frame} no longer verifies although the WAL did not restart")
+                    page = self.db.read_file((pgno - 1) * size, size).ljust(size, b"\0")
+                pages.append(page)
+            return pages
+
+        return read
 
     # -- pin, checkpoint, generations, snapshots -------------------------------------------------------
 
@@ -431,9 +590,19 @@ class Replicator:
         self._flush()
 
     def _checkpoint_due(self) -> bool:
-        return not self._checkpointing and time.monotonic() - self._last_checkpoint >= 1.0
+        failing = self._spool_trouble is not None  # keep the pages in the WAL until the spool takes them
+        return not failing and not self._checkpointing and time.monotonic() - self._last_checkpoint >= 1.0
 
-    def _checkpoint(self) -> None:
+    def _idle_checkpoint_due(self) -> bool:
+        quiet = time.monotonic() - self._last_news >= IDLE_CHECKPOINT_AFTER
+        if not quiet or self._spool_trouble is not None or self._checkpointing:
+            return False
+        if time.monotonic() - self._last_checkpoint < self._idle_checkpoint_wait:
+            return False
+        self._idle_checkpoint_wait = min(self._idle_checkpoint_wait * 2, 60.0)  # reset once armed
+        return True
+
+    def _checkpoint(self, *, quiet: bool) -> None:
         """Keep the WAL bounded in three short steps, never waiting on the app's readers (no RESTART).
 
         1 (now, under the write lock): collect to the end and pin there. 2 (now, no lock of ours): PASSIVE
@@ -443,10 +612,21 @@ class Replicator:
         """
         assert self.db is not None
         self._last_checkpoint = time.monotonic()
+        self._quiet_checkpoint = quiet
         self._collect()  # the bulk, before taking the lock
         self._repin()
         self.db.checkpoint()
         self._checkpointing = True
+
+    def _begin_generation(self, reason: str, previous: ShipperState | None = None) -> None:
+        """Start a new generation; if its snapshot cannot be written yet, retry it from the loop."""
+        try:
+            self._start_generation(reason, previous)
+        except SpoolWriteFailed as exc:
+            self._generation_wanted = reason
+            self._spool_failed(exc)
+            return
+        self._generation_wanted = None
 
     def _start_generation(self, reason: str, previous: ShipperState | None = None) -> None:
         """A new lineage: position at the WAL's committed end, and a snapshot of the database there."""
@@ -457,34 +637,43 @@ class Replicator:
             generation = max(generation, previous.generation + 1)
         identity = FileIdentity.of(self.db_path)
         with self.db.write_lock():
-            log.info("starting generation %016x: %s", generation, reason)
-            self.life = self.wal_file.header()
-            index = self.db.read_index()
-            cursor: WalPosition | None = None
-            db_size = self._file_db_size()
-            if self.life is not None and index is not None and index.salt == self.life.salt:
-                scanner = wal.FrameScanner(self.life)
-                transactions = list(self.wal_file.scan(scanner, index.max_frame))
-                checksum = transactions[-1].checksum if transactions else self.life.checksum
-                cursor = WalPosition(self.life.salt, self.life.checkpoint_seq, scanner.committed_frames, checksum)
-                if transactions:
-                    db_size = transactions[-1].db_size
-            self.db.unpin()
-            self.db.pin()
-            after = self.db.read_index()
-            self.armed = after is not None and after.backfilled == after.max_frame == (cursor.frames if cursor else 0)
-        self.cursor, self.pending, self._mismatches, self._checkpointing = cursor, [], 0, False
-        self.state = ShipperState(
+            start = self._starting_point()
+        now = _now_us()
+        state = ShipperState(
             generation=generation,
             txid=0,
-            db_size=db_size,
+            db_size=start.db_size,
             page_size=self.db.page_size(),
             device=identity.device,
             inode=identity.inode,
-            wal=cursor,
-            last_snapshot_us=0,
+            wal=start.cursor,
+            last_snapshot_us=now,
         )
-        self._snapshot()
+        if self._generation_wanted != reason:
+            log.info("starting generation %016x: %s", generation, reason)
+        self._write_snapshot(state, start.life, now)
+        self.life, self.cursor, self.armed = start.life, start.cursor, start.armed
+        self.pending, self._mismatches, self._checkpointing = [], 0, False
+
+    def _starting_point(self) -> _Start:
+        """Under the write lock: the WAL's committed end, and the pin moved there."""
+        assert self.db is not None
+        life = self.wal_file.header()
+        index = self.db.read_index()
+        cursor: WalPosition | None = None
+        db_size = self._file_db_size()
+        if life is not None and index is not None and index.salt == life.salt:
+            scanner = wal.FrameScanner(life)
+            transactions = list(self.wal_file.scan(scanner, index.max_frame))
+            checksum = transactions[-1].checksum if transactions else life.checksum
+            cursor = WalPosition(life.salt, life.checkpoint_seq, scanner.committed_frames, checksum)
+            if transactions:
+                db_size = transactions[-1].db_size
+        self.db.unpin()
+        self.db.pin()
+        after = self.db.read_index()
+        armed = after is not None and after.backfilled == after.max_frame == (cursor.frames if cursor else 0)
+        return _Start(life, cursor, db_size, armed)
 
     def _file_db_size(self) -> int:
         """Pages in the database file itself (the state when the WAL holds nothing)."""
@@ -502,37 +691,164 @@ class Replicator:
             self._snapshot()
 
     def _snapshot(self) -> None:
-        """A snapshot at our flushed position (see snapshot.py for why the image is consistent)."""
-        assert self.db is not None
+        """A snapshot at our flushed position, unless one of that very position is spooled already."""
         self._flush()
         assert self.state is not None
         now = _now_us()
-        key = SnapshotKey(self.state.generation, self.state.txid, now)
-        position = self.state.wal
-        in_life = position is not None and self.life is not None and position.salt == self.life.salt
-        overlay = build_overlay(self.wal_file, self.life, position.frames if position and in_life else 0)
-        with self.state_dir.spool.writer(key.key) as out:
-            header = write_snapshot(
+        if self.outbox.has(SnapshotKey(self.state.generation, self.state.txid, now)):
+            return
+        self._write_snapshot(replace(self.state, last_snapshot_us=now), self.life, now)
+
+    def _write_snapshot(self, state: ShipperState, life: wal.WalHeader | None, now: int) -> None:
+        """Spool the snapshot of `state`'s position (see snapshot.py for why the image is consistent)."""
+        assert self.db is not None
+        db = self.db
+        key = SnapshotKey(state.generation, state.txid, now)
+        position = state.wal
+        in_life = position is not None and life is not None and position.salt == life.salt
+        overlay = build_overlay(self.wal_file, life, position.frames if position and in_life else 0)
+        read_pages = self._page_reader(life) if life is not None else (lambda pairs: [])
+
+        def write(out: Writable) -> None:
+            write_snapshot(
                 out,
-                self.db.read_file,
-                self._read_pages,
+                db.read_file,
+                read_pages,
                 overlay,
-                db_size=self.state.db_size,
-                page_size=self.state.page_size,
-                generation=self.state.generation,
-                txid=self.state.txid,
+                db_size=state.db_size,
+                page_size=state.page_size,
+                generation=state.generation,
+                txid=state.txid,
                 time_us=now,
                 level=self.settings.compression_level,
             )
-        self.state = replace(self.state, last_snapshot_us=now)
-        self.state_dir.save(self.state)
-        self.hub.add(key)
+
+        self._commit(key, write, state)
         log.info(
             "snapshot of generation %016x at txid %d: %d pages (%.1f MB)",
-            self.state.generation,
-            self.state.txid,
-            header.db_size,
-            header.db_size * header.page_size / 1e6,
+            state.generation,
+            state.txid,
+            state.db_size,
+            state.db_size * state.page_size / 1e6,
+        )
+
+    # -- letting go of a deleted or replaced file ---------------------------------------------------------
+
+    def _let_go(self, why: str) -> None:
+        """Close everything we hold on the old file, and clear its stale WAL as SQLite's last close would."""
+        armed, salt = self.armed, self.life.salt if self.life is not None else None
+        log.warning("%s was %s: letting go of it; replication resumes with a new generation", self.db_path, why)
+        self._close()
+        self.life, self.cursor, self.pending, self.armed, self._checkpointing = None, None, [], False, False
+        stale = remove_stale_wal(self.db_path, salt)
+        if stale is StaleWal.IN_USE and not armed:
+            log.error(
+                "%s was %s moments after a commit, while its WAL still held pages not yet copied into the file, "
+                "and the app opened the new file before the replicator could let go: the app's connections may "
+                "read pages of the old database until they are all closed. Let the app be idle for a moment "
+                "(or stop the replicator) before deleting or replacing the database (docs/LIFECYCLE.md)",
+                self.db_path,
+                why,
+            )
+        self._gone = f"the database file was {why}"
+
+    # -- stopping -------------------------------------------------------------------------------------
+
+    def _finish(self, stop: threading.Event) -> None:
+        """Capture what is committed, drain every replica, prove what they hold, and report it."""
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        if self.db is None and self._gone is None and check_database_file(self.db_path):
+            give_up = threading.Event()  # stopped before we could open it: it still gets shipped, in time
+            timer = threading.Timer(self.settings.shutdown_timeout, give_up.set)
+            timer.start()
+            try:
+                self._attach(give_up)
+            finally:
+                timer.cancel()
+        if self.db is not None:
+            self._final_capture(deadline)
+        self._drain(deadline)
+        self._report()
+
+    def _drain_quietly(self) -> None:
+        try:
+            self._drain(time.monotonic() + self.settings.shutdown_timeout)
+        except BaseException:
+            log.exception("while stopping after a failure")
+
+    def _drain(self, deadline: float) -> None:
+        """Let every uploader empty the spool and prove its replica, serving their snapshot requests."""
+        for u in self.uploaders:
+            u.stop(deadline)
+        while any(u.is_alive() for u in self.uploaders) and time.monotonic() < deadline:
+            self._check_uploaders()
+            if self.db is not None and self.outbox.take_snapshot_request():
+                try:
+                    self._snapshot()
+                except (SpoolWriteFailed, DatabaseBusy, _Discontinuity) as exc:
+                    log.error("snapshot for a replica failed: %s", exc)
+                    self.outbox.request_snapshot()
+            time.sleep(0.05)
+        for u in self.uploaders:
+            u.join(max(0.0, deadline - time.monotonic()) + 1)
+        self._check_uploaders()
+
+    def _final_capture(self, deadline: float) -> None:
+        while True:
+            try:
+                if self._gone_reason() is not None:
+                    return
+                if self._generation_wanted is not None:
+                    self._begin_generation(self._generation_wanted)
+                if self._generation_wanted is None:
+                    self._capture()
+                    return
+            except _Discontinuity as exc:
+                self._begin_generation(str(exc))
+            except SpoolWriteFailed as exc:
+                self._spool_failed(exc)
+            except DatabaseBusy:
+                pass
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.1)
+
+    def _report(self) -> None:
+        """The last line says what each replica proved to hold (uploader rule 6), or raises naming what not."""
+        head = self.outbox.head
+        if head is None and not self.db_path.exists():
+            log.info("stopped: nothing to replicate (%s does not exist)", self.db_path)
+            return
+        problems = []
+        if head is None:
+            problems.append(f"nothing of {self.db_path} was captured")
+        if self._generation_wanted is not None or self._unflushed():
+            problems.append(f"the last transactions could not be written to the local spool ({self._spool_trouble})")
+        for u in self.uploaders:
+            if u.proven is not None and u.proven == head:
+                continue
+            if u.refused:
+                problems.append(f"{u.client.url} (refused: {u.refused})")
+            else:
+                problems.append(f"{u.client.url} ({u.behind} objects behind)")
+        if problems:
+            raise FinalSyncFailed(
+                f"final sync failed: {', '.join(problems)}; they stay in {self.state_dir.spool.root} and are "
+                "sent on the next start"
+            )
+        assert head is not None
+        if self._gone is not None:
+            log.info(
+                "stopped: %s is gone (%s); every replica holds its history up to generation %016x, txid %d",
+                self.db_path,
+                self._gone,
+                *head,
+            )
+            return
+        log.info(
+            "stopped: every replica of %s has everything committed (generation %016x, txid %d)",
+            self.db_path,
+            *head,
         )
 
 
@@ -540,15 +856,33 @@ class _Discontinuity(Exception):
     """The chain cannot be proven unbroken: the message is the reason a new generation starts."""
 
 
-def run_all(replicators: list[Replicator], stop: threading.Event) -> list[str]:
-    """Run several databases side by side; returns the errors of those whose final sync failed."""
-    errors: list[str] = []
+class _FileGone(Exception):
+    """The file we follow is no longer the app's database: the message says how."""
+
+
+def _why(exc: BaseException) -> str:
+    cause = exc.__cause__ if isinstance(exc, StorageError) and isinstance(exc.__cause__, OSError) else exc
+    return (cause.strerror if isinstance(cause, OSError) else None) or str(cause)
+
+
+def run_all(replicators: list[Replicator], stop: threading.Event) -> list[tuple[Path, BaseException]]:
+    """Run several databases side by side; returns each failure with its database.
+
+    Any exception ends in this list, so the process can exit non-zero: expected ones (ReplicatorError)
+    as one line, anything else logged here once with its traceback. The first failure stops the others,
+    which still ship what they captured.
+    """
+    failures: list[tuple[Path, BaseException]] = []
 
     def one(r: Replicator) -> None:
         try:
             r.run(stop)
-        except (ReplicatorError, StorageError) as exc:
-            errors.append(f"{r.db_path}: {exc}")
+        except ReplicatorError as exc:
+            failures.append((r.db_path, exc))
+            stop.set()
+        except BaseException as exc:
+            log.exception("replication of %s failed unexpectedly", r.db_path)
+            failures.append((r.db_path, exc))
             stop.set()
 
     threads = [threading.Thread(target=one, args=(r,), name=f"replicate {r.db_path}") for r in replicators]
@@ -557,4 +891,4 @@ def run_all(replicators: list[Replicator], stop: threading.Event) -> list[str]:
     for t in threads:
         while t.is_alive():
             t.join(0.2)
-    return errors
+    return failures

@@ -71,8 +71,13 @@ def plan_restore(
     generation: int | None = None,
     txid: int | None = None,
     timestamp_us: int | None = None,
+    now_us: int | None = None,
 ) -> RestorePlan:
-    """Choose what to fetch to rebuild the database at the target (the latest state by default)."""
+    """Choose what to fetch to rebuild the database at the target (the latest state by default).
+
+    A time after the last commit restores the latest state (nothing changed since), unless it lies
+    after `now_us` (a typo rather than a wish); a txid after the last one shipped is an error.
+    """
     by_generation: dict[int, list[ObjectKey]] = defaultdict(list)
     for obj in objects:
         by_generation[obj.generation].append(obj)
@@ -98,6 +103,12 @@ def plan_restore(
         chosen = max(based, key=lambda g: (_last_write(based[g]), g))
 
     items = based[chosen]
+    latest = max(k.txid if isinstance(k, SnapshotKey) else k.last_txid for k in items)
+    latest_point = f"txid {latest} of generation {chosen:016x}, as of {format_time(_last_write(items))}"
+    if txid is not None and txid > latest:
+        raise RestoreError(f"transaction {txid} was never shipped; the latest restorable is {latest_point}")
+    if timestamp_us is not None and now_us is not None and timestamp_us > now_us:
+        raise RestoreError(f"{format_time(timestamp_us)} is in the future; the latest restorable is {latest_point}")
 
     def reachable(k: ObjectKey) -> bool:
         if isinstance(k, SnapshotKey):
@@ -172,9 +183,22 @@ def format_time(time_us: int) -> str:
 Progress = Callable[[int], None]  # called with each number of bytes fetched
 
 
+def output_exists(output: Path) -> bool:
+    """Whether something is at the output path already; RestoreError for a path that cannot name a file."""
+    try:
+        os.stat(output)
+    except (FileNotFoundError, NotADirectoryError):  # the parent check names a parent that is a file
+        return os.path.lexists(output)  # a dangling symlink is something too
+    except OSError as exc:  # a name too long, a loop of symlinks, a file used as a directory...
+        raise RestoreError(f"cannot use {output} as the output: {exc.strerror}") from None
+    return True
+
+
 def check_output(output: Path) -> None:
     """Fail before fetching anything if the output cannot be written."""
-    if output.exists():
+    if output_exists(output):
+        if output.is_dir():
+            raise RestoreError(f"{output} is a directory; give the path of the database file to create")
         raise RestoreError(f"{output} already exists; remove it, restore elsewhere, or use --if-db-not-exists")
     if not output.parent.is_dir():
         raise RestoreError(f"{output.parent} is not a directory")
@@ -204,25 +228,32 @@ def apply_plan(
     tmp = Path(tmp_name)
     fetch = _Fetcher(client, output.parent, max(1, parallelism), progress)
     try:
-        with os.fdopen(fd, "r+b") as f, fetch:
-            snapshot = fetch.stream(plan.snapshot)
-            try:
-                for chunk in SegmentReader(snapshot, plan.snapshot.key, expect=plan.snapshot).image():
-                    f.write(chunk)
-            finally:
-                snapshot.close()
-            for seg, body in zip(plan.segments, fetch.in_order(plan.segments), strict=True):
-                with body:
-                    _apply_segment(SegmentReader(body, seg.key, expect=seg), f)
-            f.flush()
-            os.fsync(f.fileno())
-        _check_integrity(tmp)
-        for suffix in ("-wal", "-shm"):
-            Path(f"{output}{suffix}").unlink(missing_ok=True)
-        os.link(tmp, output)  # fails rather than replacing an output that appeared meanwhile
-        fsync_dir(output.parent)
+        _build(fetch, plan, fd, tmp, output)
+    except OSError as exc:  # our own writes: a full disk, a vanished directory, an odd file system
+        raise RestoreError(f"cannot write {output}: {exc.strerror or exc}; nothing was left behind") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _build(fetch: _Fetcher, plan: RestorePlan, fd: int, tmp: Path, output: Path) -> None:
+    """Stream the plan into `tmp` (open as `fd`), verify it, and link it into place as `output`."""
+    with os.fdopen(fd, "r+b") as f, fetch:
+        snapshot = fetch.stream(plan.snapshot)
+        try:
+            for chunk in SegmentReader(snapshot, plan.snapshot.key, expect=plan.snapshot).image():
+                f.write(chunk)
+        finally:
+            snapshot.close()
+        for seg, body in zip(plan.segments, fetch.in_order(plan.segments), strict=True):
+            with body:
+                _apply_segment(SegmentReader(body, seg.key, expect=seg), f)
+        f.flush()
+        os.fsync(f.fileno())
+    _check_integrity(tmp)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{output}{suffix}").unlink(missing_ok=True)
+    os.link(tmp, output)  # fails rather than replacing an output that appeared meanwhile
+    fsync_dir(output.parent)
 
 
 def _apply_segment(reader: SegmentReader, f: BinaryIO) -> None:
@@ -383,6 +414,6 @@ def restore(client: ReplicaClient, output: Path, *, parallelism: int = 8, **targ
     """Plan and apply: the latest state, or the one at `txid=` / `timestamp_us=` / in `generation=`."""
     check_output(output.absolute())
     listing = list_replica(client)
-    plan = plan_restore(listing.objects, **target)
+    plan = plan_restore(listing.objects, now_us=time.time_ns() // 1000, **target)
     apply_plan(client, plan, output, parallelism=parallelism)
     return plan

@@ -17,8 +17,10 @@ from __future__ import annotations
 import enum
 import io
 import struct
+import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Protocol, cast
 
@@ -39,6 +41,7 @@ _HEADER = struct.Struct(">4sHBBIIQQQQQII4x")  # everything but the trailing CRC3
 _TRAILER = struct.Struct(">4sQI")
 _COMMIT = struct.Struct(">QQII")
 _IMAGE_CHUNK = 1 << 20
+_PGNO_CHUNK = 1 << 16  # page numbers decoded per read (256 KiB)
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 
@@ -150,14 +153,26 @@ def parse_header(data: Buffer, name: str) -> SegmentHeader:
         raise CorruptSegment(name, str(exc)) from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Commit:
-    """A commit record: the pages that change, with the state they produce."""
+    """A commit record: the pages that change, with the state they produce.
+
+    The reader hands out `pgnos` as a compact array (4 bytes a page); equality compares the numbers,
+    whatever sequence holds them.
+    """
 
     txid: int
     time_us: int
     db_size: int
-    pgnos: tuple[int, ...]  # strictly increasing, each in 1..db_size
+    pgnos: Sequence[int]  # strictly increasing, each in 1..db_size
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Commit):
+            return NotImplemented
+        same = (self.txid, self.time_us, self.db_size) == (other.txid, other.time_us, other.db_size)
+        return same and list(self.pgnos) == list(other.pgnos)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _commit_problem(h: SegmentHeader, c: Commit, previous: Commit | None, index: int) -> str | None:
@@ -166,6 +181,11 @@ def _commit_problem(h: SegmentHeader, c: Commit, previous: Commit | None, index:
     The one statement of the commit-record rules in FORMAT.md: the writer refuses to write what the
     reader would refuse to read.
     """
+    return _record_problem(h, c, previous, index) or _pgnos_problem(c.pgnos, c.db_size)
+
+
+def _record_problem(h: SegmentHeader, c: Commit, previous: Commit | None, index: int) -> str | None:
+    """The rules on a commit record's txid, time and db size (everything but its page numbers)."""
     if index >= h.commit_count:
         return f"more commit records than the {h.commit_count} the header declares"
     if previous is None and (c.txid < h.first_txid or c.time_us != h.first_time_us):
@@ -176,10 +196,18 @@ def _commit_problem(h: SegmentHeader, c: Commit, previous: Commit | None, index:
         return "commit beyond the header's txid or time range"
     if index == h.commit_count - 1 and (c.txid, c.time_us, c.db_size) != (h.last_txid, h.last_time_us, h.db_size):
         return "last commit does not end the header's txid and time range at its db size"
-    if any(b <= a for a, b in zip(c.pgnos, c.pgnos[1:], strict=False)):
-        return "page numbers must strictly increase"
-    if c.pgnos and (c.pgnos[0] < 1 or c.pgnos[-1] > c.db_size):
-        return f"page numbers must lie in 1..{c.db_size}"
+    return None
+
+
+def _pgnos_problem(pgnos: Sequence[int], db_size: int, after: int = 0) -> str | None:
+    """The rule on page numbers: strictly increasing, each in 1..db_size (`after`: the run's previous one)."""
+    previous = after
+    for pgno in pgnos:
+        if pgno <= previous:
+            return "page numbers must strictly increase"
+        previous = pgno
+    if pgnos and (pgnos[0] < 1 or pgnos[-1] > db_size):
+        return f"page numbers must lie in 1..{db_size}"
     return None
 
 
@@ -373,22 +401,35 @@ class SegmentReader:
         last: Commit | None = None
         for index in range(h.commit_count):
             txid, time_us, db_size, n = _COMMIT.unpack(self._read(COMMIT_HEADER_SIZE, "a commit header"))
-            if n > self._remaining // (4 + h.page_size):
-                raise CorruptSegment(
-                    self.name,
-                    f"commit {txid} claims {n} pages, more than the body holds",
-                )
-            pgnos = struct.unpack(f">{n}I", self._read(4 * n, "a page list"))
-            commit = Commit(txid, time_us, db_size, pgnos)
-            problem = _commit_problem(h, commit, last, index)
+            problem = _record_problem(h, Commit(txid, time_us, db_size, ()), last, index)
             if problem:
                 raise CorruptSegment(self.name, f"commit {txid}: {problem}")
+            if n > self._remaining // (4 + h.page_size) or n > db_size:
+                raise CorruptSegment(self.name, f"commit {txid} claims {n} pages, more than the body holds")
+            commit = Commit(txid, time_us, db_size, self._pgnos(n, txid, db_size))
             pages = self._pages(commit)
             yield commit, pages
             for _ in pages:  # skip whatever the consumer did not read
                 pass
             last = commit
         self._finish()
+
+    def _pgnos(self, n: int, txid: int, db_size: int) -> array[int]:
+        """A commit's page numbers, decoded and checked a bounded chunk at a time.
+
+        A header can claim millions of pages in a few bytes: memory then grows only with page numbers that
+        really arrive and pass the rules, never with what the header claims.
+        """
+        pgnos = array("I")
+        for start in range(0, n, _PGNO_CHUNK):
+            chunk = array("I", self._read(4 * min(_PGNO_CHUNK, n - start), "a page list"))
+            if sys.byteorder == "little":
+                chunk.byteswap()
+            problem = _pgnos_problem(chunk, db_size, after=pgnos[-1] if pgnos else 0)
+            if problem:
+                raise CorruptSegment(self.name, f"commit {txid}: {problem}")
+            pgnos.extend(chunk)
+        return pgnos
 
     def _pages(self, commit: Commit) -> Iterator[tuple[int, bytes]]:
         for pgno in commit.pgnos:
@@ -408,6 +449,8 @@ class SegmentReader:
         self._finish()
 
     def _finish(self) -> None:
+        if self._remaining:
+            raise CorruptSegment(self.name, f"the body is {self._remaining} bytes shorter than its header declares")
         try:
             extra = self._zstd.read(1)
             rest = self._body.read(1)

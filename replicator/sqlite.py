@@ -15,7 +15,10 @@ Rules:
 
 from __future__ import annotations
 
+import enum
+import fcntl
 import os
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +30,12 @@ from . import wal
 from .errors import ReplicatorError
 
 SQLITE_MAGIC = b"SQLite format 3\0"
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+# The unix VFS's lock bytes (os_unix.c): on the database file, and the "dead man switch" on the -shm.
+_PENDING_BYTE = 0x40000000
+_SHARED_FIRST, _SHARED_SIZE = _PENDING_BYTE + 2, 510
+_SHM_DMS = 128
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux: type, whence, start, len, pid
 
 
 class NotADatabase(ReplicatorError):
@@ -35,6 +44,10 @@ class NotADatabase(ReplicatorError):
 
 class DatabaseBusy(ReplicatorError):
     """SQLite's lock could not be had within the timeout."""
+
+
+class ExclusiveLockingMode(ReplicatorError):
+    """The app holds the database with PRAGMA locking_mode=EXCLUSIVE: no other process can read it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +61,100 @@ class FileIdentity:
     def of(cls, path: Path) -> FileIdentity:
         st = os.stat(path)
         return cls(st.st_dev, st.st_ino)
+
+
+def exclusive_mode_holder(path: Path) -> int | None:
+    """The PID of a process holding the database in locking_mode=EXCLUSIVE, or None.
+
+    The signature (checked against SQLite 3.40 and 3.5x): another process holds SQLite's EXCLUSIVE lock on
+    the file while no transaction is being written. In WAL mode a normal connection never holds it outside a
+    last-close checkpoint, and it would use the -shm; in rollback mode a writer holding it has a hot journal.
+    A caller should see it persist (a last-close checkpoint or a commit also holds the lock, briefly).
+    Call it only while we have no connection open on the file: opening and closing a descriptor of it drops
+    this process's own POSIX locks (see rule 3).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        pid = _lock_holder(fd, _SHARED_FIRST, _SHARED_SIZE)
+        head = os.pread(fd, 100, 0)
+    finally:
+        os.close(fd)
+    if pid is None:
+        return None
+    if len(head) >= 20 and head[18] == 2:  # WAL mode (file format version 2)
+        return None if shm_in_use(path) else pid
+    try:
+        with open(f"{path}-journal", "rb") as journal:
+            hot = journal.read(8) == JOURNAL_MAGIC
+    except FileNotFoundError:
+        hot = False
+    return None if hot else pid
+
+
+def shm_in_use(path: Path) -> bool:
+    """Whether some process has the database's -shm mapped (each WAL connection read-locks its DMS byte)."""
+    try:
+        fd = os.open(f"{path}-shm", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        return _lock_holder(fd, _SHM_DMS, 1) is not None
+    finally:
+        os.close(fd)
+
+
+class StaleWal(enum.Enum):
+    """What remove_stale_wal found beside a deleted or replaced database."""
+
+    REMOVED = "removed"  # nobody used them: gone, as after SQLite's own last close
+    NEW_LIFE = "new life"  # the app restarted the WAL for the new file: it is the new file's
+    IN_USE = "in use"  # a connection is attached to the old WAL: left alone
+
+
+def remove_stale_wal(path: Path, salt: tuple[int, int] | None) -> StaleWal:
+    """Remove a deleted or replaced database's -wal and -shm, as SQLite's last close would have.
+
+    Only a WAL of the life we followed (`salt`) or an empty one, and only while no process has the -shm
+    mapped (we hold its DMS byte meanwhile, as SQLite does while it initialises the index).
+    """
+    shm_path, wal_path = Path(f"{path}-shm"), Path(f"{path}-wal")
+    try:
+        with open(wal_path, "rb") as f:
+            head = f.read(wal.WAL_HEADER_SIZE)
+    except FileNotFoundError:
+        head = b""
+    if head:
+        try:
+            if wal.parse_header(head).salt != salt:
+                return StaleWal.NEW_LIFE
+        except ReplicatorError:
+            pass  # not a valid WAL: SQLite would ignore it, and so can we
+    try:
+        fd = os.open(shm_path, os.O_RDWR)
+    except FileNotFoundError:
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SHM_DMS)
+            except OSError:
+                return StaleWal.IN_USE
+        wal_path.unlink(missing_ok=True)
+        shm_path.unlink(missing_ok=True)
+        return StaleWal.REMOVED
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock_holder(fd: int, start: int, length: int) -> int | None:
+    """The PID of another process holding a lock that a write lock on [start, start + length) would meet."""
+    probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+    kind, _, _, _, pid = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_GETLK, probe))
+    return None if kind == fcntl.F_UNLCK else int(pid)
 
 
 def check_database_file(path: Path) -> bool:
@@ -102,21 +209,36 @@ class Database:
 
     def ensure_wal_mode(self) -> bool:
         """Switch the database to WAL mode if it is not; True if we switched it."""
-        mode = str(self._reader.execute("PRAGMA journal_mode").fetchall()[0][0]).lower()
-        if mode == "wal":
-            return False
-        new = str(self._reader.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]).lower()
+        with _busy_is(f"{self.path} is locked by the app"):
+            mode = str(self._reader.execute("PRAGMA journal_mode").fetchall()[0][0]).lower()
+            if mode == "wal":
+                return False
+            new = str(self._reader.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]).lower()
         if new != "wal":
             raise DatabaseBusy(f"could not switch {self.path} to WAL mode (still {new}); is it locked?")
         return True
+
+    def gone(self) -> bool:
+        """True once the file we hold is no longer the one at the path (deleted, or replaced by another)."""
+        if os.fstat(self._db_fd).st_nlink == 0:
+            return True
+        try:
+            return FileIdentity.of(self.path) != self.identity
+        except FileNotFoundError:
+            return True
 
     # -- the pin --------------------------------------------------------------------------------------
 
     def pin(self) -> None:
         """Start the long read transaction that keeps SQLite from restarting the WAL under us."""
         if not self._pinned:
-            self._reader.execute("BEGIN")
-            self._reader.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+            with _busy_is(f"{self.path} is locked by the app"):
+                self._reader.execute("BEGIN")
+                try:
+                    self._reader.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+                except BaseException:
+                    self._reader.execute("ROLLBACK")
+                    raise
             self._pinned = True
 
     def unpin(self) -> None:
@@ -127,10 +249,8 @@ class Database:
     @contextmanager
     def write_lock(self) -> Iterator[None]:
         """Hold SQLite's write lock (no commits by anyone) for the block; DatabaseBusy if not had in time."""
-        try:
+        with _busy_is(f"{self.path}: write lock busy"):
             self._writer.execute("BEGIN IMMEDIATE")
-        except apsw.BusyError:
-            raise DatabaseBusy(f"{self.path}: write lock busy") from None
         try:
             yield
         finally:
@@ -170,6 +290,16 @@ class Database:
         return os.fstat(self._db_fd).st_size
 
     def page_size(self) -> int:
-        size = self._reader.execute("PRAGMA page_size").fetchall()[0][0]
+        with _busy_is(f"{self.path} is locked by the app"):
+            size = self._reader.execute("PRAGMA page_size").fetchall()[0][0]
         assert isinstance(size, int)
         return size
+
+
+@contextmanager
+def _busy_is(message: str) -> Iterator[None]:
+    """SQLite's busy answers become DatabaseBusy: the caller waits and retries, it is not a failure."""
+    try:
+        yield
+    except apsw.BusyError:
+        raise DatabaseBusy(message) from None

@@ -1,13 +1,24 @@
 """Moving spooled objects to the replicas: one thread per replica, so a slow or dead one holds up no other.
 
 Rules:
-1. Objects go to a replica in chain order (keys.chain_order), each exactly once, and a replica's position
-   is saved (state.py) only after its PUT succeeded: a crash re-sends at most the one object in flight.
-2. A spooled object is deleted only once every replica has it.
-3. While a replica is down, its uploader retries with capped backoff forever; what waits for it stays in
+1. What a replica holds is learnt from the replica, never assumed: one LIST when it is first reached, and
+   again after any failed request or failed probe. Its position is the end of the chain it provably holds
+   (lineage.prove_chain); a replica that belongs to another database or writer is refused.
+2. Objects go in chain order (keys.chain_order), and each must continue the replica's chain
+   (lineage.continues). Where the next one would not (the replica is new, was wiped or re-created, or
+   lost objects), the replica gets the next spooled snapshot instead, and the capture loop is asked for
+   one if none is spooled: a gap is never shipped as if it were continuous.
+3. A spooled object is deleted only once every replica still served has it.
+4. While a replica is down, its uploader retries with capped backoff forever; what waits for it stays in
    the spool on disk, never in memory.
-4. Retention runs here, from the inventory of what this replica holds (built by one LIST at start-up and
-   kept current by our own uploads): it costs requests only when there is something to delete.
+5. While uploads flow, a replica is probed at most once per verify interval: one HEAD of the snapshot its
+   chain hangs from, which catches a wiped prefix or a re-created bucket. Idle, it costs nothing.
+6. Stopping: drain the spool, then prove from a fresh LIST that the replica holds the chain up to the
+   head; only a proven replica counts as having everything.
+7. Retention runs here, from the inventory of what this replica holds (kept current by our own
+   uploads): it costs requests only when there is something to delete.
+8. An unexpected exception ends the thread, is logged once with its traceback and kept in `crashed`:
+   the capture loop turns it into a failure of the whole database. Nothing dies quietly.
 """
 
 from __future__ import annotations
@@ -19,17 +30,16 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import keys
+from . import keys, ownership
 from .errors import StorageError
 from .keys import ObjectKey, SnapshotKey, chain_order
+from .lineage import NOTHING, ChainProof, Position, base_snapshot, continues, prove_chain
 from .retention import plan_retention
-from .state import StateDir
 from .storage import ReplicaClient
 from .storage.file import FileClient
 
 log = logging.getLogger(__name__)
-Position = tuple[int, int, int]
-NOTHING: Position = (-1, -1, -1)
+Head = tuple[int, int]  # (generation, txid): how far the capture loop has spooled
 
 
 def inventory(client: ReplicaClient) -> set[ObjectKey]:
@@ -42,8 +52,8 @@ def inventory(client: ReplicaClient) -> set[ObjectKey]:
     return set(ours)
 
 
-class Hub:
-    """What the capture loop has spooled, and how far each replica has taken it."""
+class Outbox:
+    """What the capture loop has spooled, how far each replica has taken it, and what replicas ask of it."""
 
     def __init__(self, spool: FileClient) -> None:
         self.spool = spool
@@ -51,11 +61,36 @@ class Hub:
         self._orders: list[Position] = []  # sorted: the chain order of each spooled object
         self._keys: dict[Position, ObjectKey] = {}
         self.uploaders: list[Uploader] = []
-        self.snapshot_wanted = False  # set by an uploader whose replica lacks the current generation
+        self._head: Head | None = None
+        self._snapshot_wanted = False
 
-    def has_snapshot(self, generation: int) -> bool:
+    @property
+    def head(self) -> Head | None:
         with self.cond:
-            return any(isinstance(k, SnapshotKey) and k.generation == generation for k in self._keys.values())
+            return self._head
+
+    def set_head(self, generation: int, txid: int) -> None:
+        with self.cond:
+            self._head = (generation, txid)
+            self.cond.notify_all()
+
+    def request_snapshot(self) -> None:
+        """Asked by an uploader whose replica needs a new base: the capture loop takes one soon."""
+        with self.cond:
+            self._snapshot_wanted = True
+
+    def take_snapshot_request(self) -> bool:
+        with self.cond:
+            wanted, self._snapshot_wanted = self._snapshot_wanted, False
+            return wanted
+
+    def has(self, key: ObjectKey) -> bool:
+        """Whether an object of this key's position (its chain order) is spooled."""
+        return self.key_at(chain_order(key)) is not None
+
+    def key_at(self, order: Position) -> ObjectKey | None:
+        with self.cond:
+            return self._keys.get(order)
 
     def add(self, key: ObjectKey) -> None:
         order = chain_order(key)
@@ -70,123 +105,225 @@ class Hub:
             i = bisect.bisect_right(self._orders, position)
             return self._keys[self._orders[i]] if i < len(self._orders) else None
 
+    def next_snapshot_after(self, position: Position) -> SnapshotKey | None:
+        with self.cond:
+            start = bisect.bisect_right(self._orders, position)
+            found = (self._keys[o] for o in self._orders[start:] if o[2] == 1)
+            return next((k for k in found if isinstance(k, SnapshotKey)), None)
+
     def backlog(self, position: Position) -> int:
         with self.cond:
             return len(self._orders) - bisect.bisect_right(self._orders, position)
 
     def collect(self) -> None:
-        """Delete spooled objects every replica has."""
+        """Delete spooled objects every replica still served has."""
         with self.cond:
-            if not self.uploaders:
+            served = [u.position for u in self.uploaders if not u.refused]
+            if not served:
                 return
-            low = min(u.position for u in self.uploaders)
-            cut = bisect.bisect_right(self._orders, low)
+            cut = bisect.bisect_right(self._orders, min(served))
             done = [self._keys.pop(order) for order in self._orders[:cut]]
             del self._orders[:cut]
         if done:
             self.spool.delete(k.key for k in done)
 
 
+_WAIT = object()  # "nothing to send until the capture loop spools a snapshot"
+
+
 class Uploader(threading.Thread):
     def __init__(
         self,
-        hub: Hub,
+        outbox: Outbox,
         client: ReplicaClient,
-        state_dir: StateDir,
-        inventory: set[ObjectKey] | None,
+        database: str,
+        held: set[ObjectKey] | None,
         *,
-        check: Callable[[ReplicaClient, set[ObjectKey]], str | None],
         retention_us: int,
+        verify_interval: float = 30.0,
+        takeover: bool = False,
         retention_check_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(name=f"upload {client.url}", daemon=True)
-        self.hub = hub
+        self.outbox = outbox
         self.client = client
-        self.state_dir = state_dir
-        self.inventory = inventory  # None until the replica has answered a LIST
-        self.check = check
+        self.database = database
+        self.held = held  # what the replica holds; None until it has answered a LIST
+        self.position: Position = NOTHING
         self.refused: str | None = None
-        self.position = state_dir.load_replica(client.url) or NOTHING
+        self.crashed: BaseException | None = None
+        self.proven: Head | None = None  # set when stopping: what a fresh LIST proved the replica holds
+        self.failing_since: float | None = None
         self.retention_us = retention_us
+        self.verify_interval = verify_interval
         self.retention_check_s = retention_check_s
         self.clock = clock
-        self.failing_since: float | None = None
+        self._takeover = takeover
+        self._checked = False  # position is known from a listing
+        self._asked = False  # a snapshot was requested for this replica and has not arrived yet
+        self._last_probe = 0.0
         self._deadline: float | None = None  # set when stopping: keep draining until then
         self._wake = threading.Event()
 
-    def next_object(self) -> ObjectKey | None:
-        return self.hub.next_after(self.position)
-
     def stop(self, deadline: float) -> None:
         self._deadline = deadline
-        with self.hub.cond:
-            self.hub.cond.notify_all()
+        with self.outbox.cond:
+            self.outbox.cond.notify_all()
         self._wake.set()
 
+    @property
+    def behind(self) -> int:
+        return self.outbox.backlog(self.position)
+
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            self.crashed = exc
+            log.exception("the upload thread for %s died", self.client.url)
+        finally:
+            with self.outbox.cond:
+                self.outbox.cond.notify_all()
+
+    def _expired(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
+
+    def _run(self) -> None:
         backoff = 1.0
-        last_retention = 0.0
-        while True:
-            key = self.next_object()
-            if key is None:
-                if self._deadline is not None:
-                    return
-                if self.clock() - last_retention >= self.retention_check_s:
-                    last_retention = self.clock()
-                    self._apply_retention()
-                with self.hub.cond:
-                    if self.next_object() is None and self._deadline is None:
-                        self.hub.cond.wait(timeout=self.retention_check_s)
-                continue
-            if self._deadline is not None and time.monotonic() > self._deadline:
-                return
+        last_retention = self.clock()
+        while not self.refused and not self._expired():
             try:
-                if self.inventory is None:
-                    self._discover()
-                if self.refused:
-                    return
-                self._upload(key)
+                if not self._checked:
+                    if self.outbox.head is None:  # no generation spooled yet (e.g. a full disk at start)
+                        self._sleep(0.2)
+                        continue
+                    self._check(self.held)
+                    continue
+                key = self._next()
+                if key is _WAIT or key is None:
+                    if key is None and self._deadline is not None and self._prove():
+                        return
+                    if key is None and self.clock() - last_retention >= self.retention_check_s:
+                        last_retention = self.clock()
+                        self._apply_retention()
+                    self._idle()
+                    continue
+                assert isinstance(key, SnapshotKey | keys.SegmentKey)
+                self._send(key)
             except (StorageError, OSError) as exc:
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
+                self._checked = False  # rule 1: whatever happened, look at the replica before going on
+                self.held = None
                 log.error("upload to %s failed: %s; retrying in %.0fs", self.client.url, exc, backoff)
-                self._wake.wait(backoff)
-                self._wake.clear()
+                self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
+            except (ownership.ReplicaOwnedElsewhere, ownership.CorruptOwnerRecord) as exc:
+                self.refused = str(exc)
+                log.error("not uploading to %s: %s", self.client.url, exc)
+                return
             backoff = 1.0
-            if self.failing_since is not None:
+            if self.failing_since is not None and self._checked:
                 log.info("replica %s is reachable again", self.client.url)
                 self.failing_since = None
-            if isinstance(key, SnapshotKey):
-                self._apply_retention()
-                last_retention = self.clock()
 
-    def _discover(self) -> None:
-        """First contact with a replica that was unreachable at start-up: the checks start-up would have made."""
-        held = inventory(self.client)
-        problem = self.check(self.client, held)
-        if problem and "does not hold the current generation" in problem:
-            self.hub.snapshot_wanted = True
-        elif problem:
-            self.refused = problem
-            log.error("not uploading to %s: %s", self.client.url, problem)
-        self.inventory = held
+    def _sleep(self, seconds: float) -> None:
+        if self._deadline is not None:
+            seconds = max(0.0, min(seconds, self._deadline - time.monotonic()))
+        self._wake.wait(seconds)
+        self._wake.clear()
 
-    def _upload(self, key: ObjectKey) -> None:
-        with open(self.hub.spool.path(key.key), "rb") as f:
+    def _idle(self) -> None:
+        with self.outbox.cond:
+            if self.outbox.next_after(self.position) is None or self._asked:
+                self.outbox.cond.wait(timeout=0.1 if self._deadline is not None else self.retention_check_s)
+
+    # -- what to send ---------------------------------------------------------------------------------
+
+    def _check(self, held: set[ObjectKey] | None) -> None:
+        """Learn what the replica holds (rule 1) and where its chain ends."""
+        if held is None:
+            held = inventory(self.client)
+            ownership.claim(self.client, self.database, takeover=self._takeover)
+        self._takeover = False
+        head = self.outbox.head
+        assert head is not None
+        proof = prove_chain(held, *head)
+        if proof.problem is not None and proof.problem.other_writer:
+            self.refused = f"{self.client.url} {proof.problem.value}"
+            log.error("not uploading to %s: it %s", self.client.url, proof.problem.value)
+            return
+        if proof.problem is not None:
+            log.warning("%s %s: it gets a fresh snapshot", self.client.url, proof.problem.value)
+        self.held, self.position, self._checked = held, proof.end, True
+        self._last_probe = self.clock()
+
+    def _next(self) -> ObjectKey | object | None:
+        """The next object that continues the replica's chain (rule 2), _WAIT, or None if all is sent."""
+        key = self.outbox.next_after(self.position)
+        head = self.outbox.head
+        behind = head is not None and self.position[:2] < head
+        if (key is None and not behind) or (key is not None and continues(self.position, key)):
+            return key
+        snapshot = self.outbox.next_snapshot_after(self.position)
+        if snapshot is not None:
+            return snapshot
+        if not self._asked:
+            log.info("%s: the spool cannot continue its chain; asking for a snapshot to restart it", self.client.url)
+            self._asked = True
+            self.outbox.request_snapshot()
+        return _WAIT
+
+    def _send(self, key: ObjectKey) -> None:
+        if isinstance(key, SnapshotKey) and key.generation != self.position[0]:
+            ownership.claim(self.client, self.database)  # a generation starts here: is it still ours?
+        with open(self.outbox.spool.path(key.key), "rb") as f:
             self.client.put(key.key, f)
         self.position = chain_order(key)
-        self.state_dir.save_replica(self.client.url, self.position)
-        assert self.inventory is not None
-        self.inventory.add(key)
-        self.hub.collect()
+        self._asked = False
+        assert self.held is not None
+        self.held.add(key)
+        self.outbox.collect()
+        if isinstance(key, SnapshotKey):
+            self._apply_retention()
+        self._probe()
+
+    def _probe(self) -> None:
+        """Rule 5: does the replica still hold the snapshot its chain hangs from?"""
+        if self.clock() - self._last_probe < self.verify_interval:
+            return
+        self._last_probe = self.clock()
+        assert self.held is not None
+        base = base_snapshot(self.held, self.position[0])
+        if base is not None and not self.client.exists(base.key):
+            log.warning("%s no longer holds %s (wiped or re-created?); checking it", self.client.url, base.key)
+            self._checked, self.held = False, None
+
+    def _prove(self) -> bool:
+        """Rule 6: True once a fresh LIST shows the replica holds the whole chain up to the head."""
+        head = self.outbox.head
+        if head is None:
+            return True  # nothing was ever captured: nothing to prove
+        held = inventory(self.client)
+        proof: ChainProof = prove_chain(held, *head)
+        if proof.problem is None and proof.txid == head[1]:
+            self.proven = head
+            return True
+        log.warning(
+            "%s does not hold the chain up to txid %d (%s); sending what it lacks",
+            self.client.url,
+            head[1],
+            proof.problem.value if proof.problem else f"it ends at txid {proof.txid}",
+        )
+        self._check(held)
+        return False
 
     def _apply_retention(self) -> None:
-        if self.inventory is None or self.refused:
+        if self.held is None or self.refused:
             return
-        doomed = plan_retention(self.inventory, int(self.clock() * 1_000_000), self.retention_us)
+        doomed = plan_retention(self.held, int(self.clock() * 1_000_000), self.retention_us)
         if not doomed:
             return
         try:
@@ -195,7 +332,7 @@ class Uploader(threading.Thread):
             for _, run in itertools.groupby(doomed, key=lambda k: (k.generation, isinstance(k, SnapshotKey))):
                 batch = list(run)
                 self.client.delete(k.key for k in batch)
-                self.inventory.difference_update(batch)
+                self.held.difference_update(batch)
         except StorageError as exc:
             log.error("retention on %s failed: %s; will retry", self.client.url, exc)
             return

@@ -15,7 +15,12 @@ _CHUNK = 2 << 20  # bytes per read; buffers are reused, so memory and page fault
 
 
 class WalFile:
-    """A read-only handle on `<db>-wal`, reopened when SQLite recreates the file."""
+    """A read-only handle on `<db>-wal`, opened once: the one file SQLite appends to while we follow it.
+
+    While our connections are open SQLite never deletes or recreates the WAL, so another file at the path
+    means the database was deleted or replaced under us (`swapped`), never a continuation: we keep reading
+    the file we opened, and the caller lets go.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -34,18 +39,25 @@ class WalFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            self._inode = None
 
     def _handle(self) -> int | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            self.close()
-            return None
-        if self._fd is None or st.st_ino != self._inode:
-            self.close()
-            self._fd = os.open(self.path, os.O_RDONLY)
-            self._inode = st.st_ino
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            self._inode = os.fstat(self._fd).st_ino
         return self._fd
+
+    def swapped(self) -> bool:
+        """True if the path no longer names the WAL file we opened (deleted, or another one made)."""
+        if self._fd is None:
+            return False
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except FileNotFoundError:
+            return True
 
     def header(self) -> wal.WalHeader | None:
         """The current WAL header, or None if the WAL is missing, empty or has no valid header."""

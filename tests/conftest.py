@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import boto3
 import pytest
@@ -81,10 +81,7 @@ def rgw_server() -> Iterator[S3Server]:
     """
     missing = rgw.missing_binaries()
     if missing:
-        message = f"radosgw tier needs Ceph ({', '.join(missing)} not found): {rgw.INSTALL_HINT}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        required_or_skip(f"radosgw tier needs Ceph ({', '.join(missing)} not found): {rgw.INSTALL_HINT}")
     cluster = rgw.RgwCluster().start()
     try:
         yield S3Server("rgw", cluster.endpoint, cluster.access_key, cluster.secret_key)
@@ -222,6 +219,41 @@ def replica(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
         return
     server: S3Server = request.getfixturevalue(f"{request.param}_server")
     yield from s3_replica(server, monkeypatch)
+
+
+def required_or_skip(message: str) -> NoReturn:
+    """A tier this machine cannot run: skipped here with the reason, a failure under CI (CI=true)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A small file system of its own at `path` (we are root in CI): how the tests fill a disk."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        required_or_skip(f"disk-full tests mount a tmpfs, which needs root: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Take every free byte of the file system holding `directory`; remove the returned file to free it."""
+    filler = directory / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(bytes(64 << 10))
+                f.flush()
+        except OSError:
+            pass
+    return filler
 
 
 @pytest.fixture

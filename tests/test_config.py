@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from replicator.config import load_config, make_settings, parse_duration
+from replicator.config import Settings, load_config, make_settings, parse_duration
 from replicator.errors import ConfigError
-from replicator.replicate import Settings
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import Replica, S3Server
+import zstandard
+from conftest import Replica, S3Server, tmpfs
 from harness import Replicator, Writer, generations, restored_rows, rows
 
 from replicator import keys, segment
@@ -374,3 +375,81 @@ def test_a_download_that_breaks_midway_is_resumed(replicated: tuple[Path, FileCl
     restore(flaky, out_dir / "app.db")
     assert rows(out_dir / "app.db") == rows(db)
     assert any(k.endswith(".snap") for k in flaky.broken)  # the snapshot's stream broke and was resumed
+
+
+# -- hostile replicas and odd outputs ---------------------------------------------------------------
+
+
+def test_an_object_claiming_millions_of_pages_is_refused_in_bounded_memory(
+    replicated: tuple[Path, FileClient], out_dir: Path
+) -> None:
+    """A few KB whose header and commit record claim 16 million pages: refused without allocating for them."""
+    _, client = replicated
+    last = max((keys.parse(k) for k in objects(client)), key=keys.chain_order)
+    first = last.last_txid + 1 if isinstance(last, keys.SegmentKey) else last.txid + 1
+    claimed = 16_000_000
+    header = segment.SegmentHeader(segment.Kind.SEGMENT, 4096, claimed, last.generation, first, first, 9, 9, 1, claimed)
+    body = struct.pack(">QQII", first, 9, claimed, claimed) + bytes(4 * claimed)
+    packed = header.pack()
+    compressed = zstandard.ZstdCompressor(level=19).compress(body)
+    trailer = struct.pack(">4sQI", b"RPLE", len(compressed), zlib.crc32(compressed, zlib.crc32(packed)))
+    key = keys.SegmentKey(last.generation, first, first, 9).key
+    client.put(key, packed + compressed + trailer)
+    assert client.root.joinpath(key).stat().st_size < 8192
+
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_OF_CLI, "restore", str(client.root), "-o", str(out_dir / "app.db")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 4, done.stderr
+    assert "page numbers must strictly increase" in done.stderr and key in done.stderr
+    peak_kb = int(done.stderr.split("VmHWM:")[1].split()[0])
+    assert peak_kb < 80 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
+    assert list(out_dir.iterdir()) == []
+
+
+def test_a_txid_past_the_end_is_an_error_naming_the_latest(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
+    latest = json.loads(cli("wal", str(replicated[1].root), "--json").stdout)[-1]["last_txid"]
+    done = cli("restore", str(replicated[1].root), "-o", str(out_dir / "app.db"), "--txid", str(latest + 1))
+    says = f"transaction {latest + 1} was never shipped; the latest restorable is txid {latest}"
+    assert_clean_failure(done, says, out_dir)
+    assert cli("restore", str(replicated[1].root), "-o", str(out_dir / "app.db"), "--txid", str(latest)).returncode == 0
+
+
+def test_a_timestamp_in_the_future_is_an_error_naming_the_latest(
+    replicated: tuple[Path, FileClient], out_dir: Path
+) -> None:
+    done = cli("restore", str(replicated[1].root), "-o", str(out_dir / "app.db"), "--timestamp", "2999-01-01T00:00:00Z")
+    assert_clean_failure(done, "is in the future; the latest restorable is txid", out_dir)
+
+
+def test_a_full_output_disk_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    db = tmp_path / "app" / "app.db"
+    replica = tmp_path / "replica"
+    repl = Replicator(db, [str(replica)], ("--sync-interval", "100ms")).start()
+    Writer(db, tmp_path / "commits.log").start(count=300, rate=2000, payload=8000).wait()
+    assert repl.stop() == 0, repl.output
+    with tmpfs(tmp_path / "small", "1m") as small:
+        done = cli("restore", str(replica), "-o", str(small / "app.db"))
+        assert_clean_failure(done, f"cannot write {small / 'app.db'}: No space left on device", small)
+
+
+@pytest.mark.parametrize(
+    ("output", "says"),
+    [
+        ("x" * 300 + ".db", "File name too long"),
+        ("", "is a directory"),
+        ("file/app.db", "is not a directory"),
+    ],
+)
+def test_an_odd_output_path_is_one_line(
+    replicated: tuple[Path, FileClient], out_dir: Path, output: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (out_dir / "file").write_bytes(b"")
+    monkeypatch.chdir(out_dir)
+    done = cli("restore", str(replicated[1].root), "-o", output)
+    assert done.returncode == 1 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["file"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigError
 from .base import Body, ObjectInfo, ObjectReader, ReplicaClient, check_key
@@ -52,7 +52,7 @@ def open_client(url: str, *, retry: bool = True) -> ReplicaClient:
     elif parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ConfigError(f"file URL {url!r} must be file:///absolute/path")
-        client = FileClient(parts.path)
+        client = FileClient(unquote(parts.path))  # what Path.as_uri() writes: file:///my%20backups
     elif parts.scheme == "" and url:
         client = FileClient(Path(url))
     else:

@@ -1,0 +1,84 @@
+"""What a replica provably holds of our chain: pure checks over a listing, with typed reasons.
+
+Rules:
+1. A replica holds generation G up to txid T only if it holds a snapshot of G and an unbroken run of
+   segments from that snapshot to T (restore.plan_restore's rule, checked before we claim anything).
+2. Objects of ours that we never shipped (a newer generation, or txids beyond ours) mean another writer:
+   the replica is not ours to continue.
+3. An upload must continue the replica's chain: a segment starts right after the replica's position,
+   or it is a snapshot (a base that needs nothing before it). Anything else would ship a gap as if it were
+   continuous; the replica gets a fresh snapshot instead.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .keys import ObjectKey, SegmentKey, SnapshotKey, chain_order
+
+Position = tuple[int, int, int]  # keys.chain_order of the last object a replica holds in an unbroken chain
+NOTHING: Position = (-1, -1, -1)
+
+
+class ReplicaProblem(enum.Enum):
+    """Why a replica's content does not fit our chain. The first two mean another writer."""
+
+    NEWER_GENERATION = "holds a newer generation (another replicator writes there?)"
+    UNSHIPPED = "holds transactions of ours that we never shipped (another replicator writes there?)"
+    NO_GENERATION = "does not hold the current generation (a new, wiped or re-created replica)"
+    BROKEN_CHAIN = "is missing objects of the current generation (some were deleted?)"
+
+    @property
+    def other_writer(self) -> bool:
+        return self in (ReplicaProblem.NEWER_GENERATION, ReplicaProblem.UNSHIPPED)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainProof:
+    """How far a replica provably holds generation `generation`, and what is wrong with it, if anything."""
+
+    generation: int
+    end: Position  # NOTHING if it holds no snapshot of the generation
+    problem: ReplicaProblem | None
+
+    @property
+    def txid(self) -> int | None:
+        """The last transaction restorable from this replica in the generation, or None."""
+        return None if self.end == NOTHING else self.end[1]
+
+
+def prove_chain(held: Iterable[ObjectKey], generation: int, txid: int) -> ChainProof:
+    """Check a replica's objects against our chain: generation `generation`, shipped up to `txid`."""
+    items = list(held)
+    if any(k.generation > generation for k in items):
+        return ChainProof(generation, NOTHING, ReplicaProblem.NEWER_GENERATION)
+    mine = [k for k in items if k.generation == generation]
+    ours = chain_order(SnapshotKey(generation, txid, 0))
+    if any(chain_order(k) > ours for k in mine):
+        return ChainProof(generation, NOTHING, ReplicaProblem.UNSHIPPED)
+    snapshots = [k for k in mine if isinstance(k, SnapshotKey)]
+    if not snapshots:
+        return ChainProof(generation, NOTHING, ReplicaProblem.NO_GENERATION)
+    base = max(snapshots, key=chain_order)
+    end: Position = chain_order(base)
+    starts = {k.first_txid: k for k in mine if isinstance(k, SegmentKey)}
+    while (seg := starts.get(end[1] + 1)) is not None:
+        end = chain_order(seg)
+    beyond = any(isinstance(k, SegmentKey) and k.last_txid > end[1] for k in mine)
+    return ChainProof(generation, end, ReplicaProblem.BROKEN_CHAIN if beyond else None)
+
+
+def continues(position: Position, key: ObjectKey) -> bool:
+    """Whether uploading `key` to a replica at `position` keeps its chain unbroken (rule 3)."""
+    generation, txid, _ = position
+    if isinstance(key, SnapshotKey):
+        return key.generation > generation or (key.generation == generation and key.txid >= txid)
+    return key.generation == generation and key.first_txid == txid + 1
+
+
+def base_snapshot(held: Iterable[ObjectKey], generation: int) -> SnapshotKey | None:
+    """The newest snapshot of `generation` a replica holds: the object its chain hangs from."""
+    snapshots = [k for k in held if isinstance(k, SnapshotKey) and k.generation == generation]
+    return max(snapshots, key=chain_order, default=None)
