@@ -52,6 +52,7 @@ from .snapshot import build_overlay, write_snapshot
 from .sqlite import (
     Database,
     DatabaseBusy,
+    ExclusiveHolder,
     ExclusiveLockingMode,
     FileIdentity,
     StaleWal,
@@ -67,6 +68,7 @@ from .walfile import WalFile
 log = logging.getLogger(__name__)
 
 IDLE_CHECKPOINT_AFTER = 0.2  # seconds without a commit before we empty the WAL (see the module docstring)
+EXCLUSIVE_UNCERTAIN_AFTER = 15.0  # an EXCLUSIVE lock with no journal written lasting this long is the pragma
 
 
 class FinalSyncFailed(ReplicatorError):
@@ -220,7 +222,7 @@ class Replicator:
         """Open the database, retrying while the app holds its lock (a migration can take seconds)."""
         said = False
         delay = 0.05
-        exclusive: tuple[int, float] | None = None  # (pid, first seen): locking_mode=EXCLUSIVE if it lasts
+        exclusive: tuple[ExclusiveHolder, float] | None = None  # (holder, first seen): if it lasts
         while True:
             try:
                 self._try_open(listings)
@@ -230,10 +232,11 @@ class Replicator:
             holder = exclusive_mode_holder(self.db_path)
             if holder is None or exclusive is None or exclusive[0] != holder:
                 exclusive = None if holder is None else (holder, time.monotonic())
-            elif time.monotonic() - exclusive[1] >= 1.0:
+            elif time.monotonic() - exclusive[1] >= (1.0 if holder.certain else EXCLUSIVE_UNCERTAIN_AFTER):
                 raise ExclusiveLockingMode(
-                    f"PID {holder} holds {self.db_path} with PRAGMA locking_mode=EXCLUSIVE, which lets no other "
-                    "process read it; replication needs the default locking mode: remove that pragma from the app"
+                    f"PID {holder.pid} holds {self.db_path} with PRAGMA locking_mode=EXCLUSIVE, which lets no "
+                    "other process read it; replication needs the default locking mode: remove that pragma "
+                    "from the app"
                 )
             if not said:
                 log.info(

@@ -30,7 +30,7 @@ from . import wal
 from .errors import ReplicatorError
 
 SQLITE_MAGIC = b"SQLite format 3\0"
-JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+_JOURNAL_HEADER = 28  # what SQLite zeroes in a rollback journal once a transaction is over
 # The unix VFS's lock bytes (os_unix.c): on the database file, and the "dead man switch" on the -shm.
 _PENDING_BYTE = 0x40000000
 _SHARED_FIRST, _SHARED_SIZE = _PENDING_BYTE + 2, 510
@@ -63,12 +63,23 @@ class FileIdentity:
         return cls(st.st_dev, st.st_ino)
 
 
-def exclusive_mode_holder(path: Path) -> int | None:
-    """The PID of a process holding the database in locking_mode=EXCLUSIVE, or None.
+@dataclass(frozen=True, slots=True)
+class ExclusiveHolder:
+    """A process that holds SQLite's EXCLUSIVE lock on the database while it looks idle."""
+
+    pid: int
+    certain: bool  # the file shows locking_mode=EXCLUSIVE; else it only may (see exclusive_mode_holder)
+
+
+def exclusive_mode_holder(path: Path) -> ExclusiveHolder | None:
+    """Who holds the database in locking_mode=EXCLUSIVE, if someone seems to.
 
     The signature (checked against SQLite 3.40 and 3.5x): another process holds SQLite's EXCLUSIVE lock on
     the file while no transaction is being written. In WAL mode a normal connection never holds it outside a
-    last-close checkpoint, and it would use the -shm; in rollback mode a writer holding it has a hot journal.
+    last-close checkpoint, and it would use the -shm: certain. In rollback mode, a transaction being
+    written has a journal whose header names the page size; an exclusive-mode connection between
+    transactions zeroes the whole header (certain), or truncates the journal or has none yet, which a
+    transaction that has not written yet (BEGIN EXCLUSIVE) also shows: uncertain, so the caller waits longer.
     A caller should see it persist (a last-close checkpoint or a commit also holds the lock, briefly).
     Call it only while we have no connection open on the file: opening and closing a descriptor of it drops
     this process's own POSIX locks (see rule 3).
@@ -85,13 +96,15 @@ def exclusive_mode_holder(path: Path) -> int | None:
     if pid is None:
         return None
     if len(head) >= 20 and head[18] == 2:  # WAL mode (file format version 2)
-        return None if shm_in_use(path) else pid
+        return None if shm_in_use(path) else ExclusiveHolder(pid, certain=True)
     try:
         with open(f"{path}-journal", "rb") as journal:
-            hot = journal.read(8) == JOURNAL_MAGIC
+            header = journal.read(_JOURNAL_HEADER)
     except FileNotFoundError:
-        hot = False
-    return None if hot else pid
+        header = b""
+    if len(header) < _JOURNAL_HEADER:
+        return ExclusiveHolder(pid, certain=False)
+    return ExclusiveHolder(pid, certain=True) if not any(header) else None
 
 
 def shm_in_use(path: Path) -> bool:

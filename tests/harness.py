@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from replicator import keys
+from replicator.config import load_config
 from replicator.keys import ObjectKey, SnapshotKey
-from replicator.restore import restore
-from replicator.storage import ReplicaClient
+from replicator.restore import apply_plan, list_replica, plan_restore, restore
+from replicator.storage import ReplicaClient, open_client
 
 WRITER = Path(__file__).parent / "apps" / "writer.py"
 
@@ -28,7 +32,7 @@ class Writer:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, count: int, *, rate: float = 200.0, start: int = 1, **options: int) -> Writer:
+    def start(self, count: int, *, rate: float = 200.0, start: int = 1, **options: int | str) -> Writer:
         extra = [a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]
         args = [sys.executable, str(WRITER), str(self.db), "--rate", str(rate), "--count", str(count)]
         self.proc = subprocess.Popen([*args, "--start", str(start), "--log", str(self.log), *extra])
@@ -91,15 +95,59 @@ class Replicator:
         return code
 
     def stop(self, timeout: float = 60) -> int:
-        """SIGTERM, then the exit code (the final sync has happened when it returns 0)."""
+        """SIGTERM, then the exit code; on 0, every claim of the final lines is checked (`check_claims`)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
+        code = self.wait(timeout)
+        if code == 0:
+            self.check_claims()
+        return code
+
+    def replica_urls(self) -> dict[Path, Sequence[str]]:
+        if "-c" in self.options:
+            config = Path(self.options[list(self.options).index("-c") + 1])
+            return {d.path.resolve(): d.replicas for d in load_config(config)}
+        return {self.db.resolve(): self.urls}
+
+    def check_claims(self) -> None:
+        """The property that ties our claim to the truth: "every replica of DB has everything committed
+        (generation G, txid N)" means a restore of each of DB's replicas yields exactly G and N."""
+        urls = self.replica_urls()
+        for db, gone_db, generation, txid in CLAIM.findall(self.output):
+            for url in urls[Path(db or gone_db)]:
+                with _environment(self.env):
+                    client = open_client(url)
+                    plan = plan_restore(list_replica(client).objects)
+                    with tempfile.TemporaryDirectory() as tmp:
+                        apply_plan(client, plan, Path(tmp) / "claim.db")
+                got = (plan.generation, plan.txid)
+                assert got == (int(generation, 16), int(txid)), f"{url} restores {got}, not the claim\n{self.output}"
 
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
         self.wait()
+
+
+CLAIM = re.compile(
+    r"stopped: (?:every replica of (\S+) has everything committed \("
+    r"|(\S+) is gone .*; every replica holds its history up to )generation ([0-9a-f]+), txid (\d+)"
+)
+
+
+@contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """The replicator process's extra environment (credentials), for a client opened here."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def rows(db: Path) -> list[tuple[object, ...]]:

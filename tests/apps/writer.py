@@ -1,6 +1,6 @@
 """A stand-in for the user's app: writes numbered rows with stdlib sqlite3, in its own process.
 
-    python writer.py DB --rate 200 --count 1000 [--start 1] [--truncate-every N] [--log FILE]
+    python writer.py DB --rate 200 --count 1000 [--start 1] [--truncate-every N] [--log FILE] [--journal-mode M]
 
 One row per transaction. After each commit it appends "<id> <unix time>" to --log (flushed), so a test
 knows exactly what was committed and when. Stops after --count rows, or at SIGTERM.
@@ -21,12 +21,13 @@ parser.add_argument("--start", type=int, default=1)
 parser.add_argument("--truncate-every", type=int, default=0)
 parser.add_argument("--payload", type=int, default=200)
 parser.add_argument("--log")
+parser.add_argument("--journal-mode", default="WAL")  # "delete": an app that never asked for WAL
 args = parser.parse_args()
 
 stopping = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stopping.set())
 conn = sqlite3.connect(args.db, isolation_level=None, timeout=10)
-conn.execute("PRAGMA journal_mode=WAL")
+conn.execute(f"PRAGMA journal_mode={args.journal_mode}")
 conn.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, payload BLOB, note TEXT)")
 # The app's own TRUNCATE checkpoints use a short busy timeout: with the replicator's read lock held they
 # give up quickly instead of stalling the app (as a real app should configure them).
