@@ -1,0 +1,84 @@
+"""What a replica provably holds of our chain, from its listing alone (replicator/lineage.py)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from replicator.keys import ObjectKey, SegmentKey, SnapshotKey, chain_order
+from replicator.lineage import NOTHING, ReplicaProblem, continues, prove_chain
+from replicator.restore import ReplicaEmpty, RestoreError, plan_restore
+
+G = 5
+# Our chain in generation G, shipped up to txid 9: snapshots at 0 and 6, segments 1-3, 4-6, 7-9.
+CHAIN: list[ObjectKey] = [
+    SnapshotKey(G, 0, 0),
+    SegmentKey(G, 1, 3, 10),
+    SegmentKey(G, 4, 6, 20),
+    SnapshotKey(G, 6, 25),
+    SegmentKey(G, 7, 9, 30),
+]
+
+
+def test_a_whole_chain_is_proven_to_its_end() -> None:
+    proof = prove_chain(CHAIN, G, 9)
+    assert proof.problem is None and proof.txid == 9
+
+
+def test_an_older_generation_beside_ours_does_not_matter() -> None:
+    proof = prove_chain([SnapshotKey(G - 1, 0, 0), SegmentKey(G - 1, 1, 50, 5), *CHAIN], G, 9)
+    assert proof.problem is None and proof.txid == 9
+
+
+def test_a_replica_without_our_generation_needs_a_snapshot() -> None:
+    proof = prove_chain([SnapshotKey(G - 1, 0, 0)], G, 9)
+    assert proof.problem is ReplicaProblem.NO_GENERATION and proof.end == NOTHING
+    assert not proof.problem.other_writer
+
+
+def test_segments_without_a_snapshot_prove_nothing() -> None:
+    """A re-created bucket that received segments only (the old bug): not restorable, so not proven."""
+    proof = prove_chain([k for k in CHAIN if isinstance(k, SegmentKey)], G, 9)
+    assert proof.problem is ReplicaProblem.NO_GENERATION and proof.txid is None
+
+
+def test_a_missing_segment_is_a_broken_chain_proven_only_up_to_the_gap() -> None:
+    held = [k for k in CHAIN if k != SegmentKey(G, 7, 9, 30)] + [SegmentKey(G, 9, 9, 31)]
+    proof = prove_chain(held, G, 9)
+    assert proof.problem is ReplicaProblem.BROKEN_CHAIN and proof.txid == 6
+
+
+def test_a_newer_generation_means_another_writer() -> None:
+    proof = prove_chain([*CHAIN, SnapshotKey(G + 1, 0, 40)], G, 9)
+    assert proof.problem is ReplicaProblem.NEWER_GENERATION and proof.problem.other_writer
+
+
+def test_transactions_we_never_shipped_mean_another_writer() -> None:
+    proof = prove_chain([*CHAIN, SegmentKey(G, 10, 12, 40)], G, 9)
+    assert proof.problem is ReplicaProblem.UNSHIPPED and proof.problem.other_writer
+
+
+def test_only_the_next_segment_or_a_snapshot_continues_a_chain() -> None:
+    at = chain_order(SegmentKey(G, 4, 6, 20))
+    assert continues(at, SegmentKey(G, 7, 9, 30))
+    assert not continues(at, SegmentKey(G, 8, 9, 30))  # a gap
+    assert not continues(at, SegmentKey(G, 5, 9, 30))  # an overlap
+    assert not continues(at, SegmentKey(G + 1, 1, 2, 30))  # another generation's segment
+    assert continues(at, SnapshotKey(G, 6, 25))
+    assert continues(at, SnapshotKey(G + 1, 0, 40))
+    assert not continues(at, SnapshotKey(G, 3, 15))  # would move the replica back
+    assert continues(NOTHING, SnapshotKey(G, 0, 0)) and not continues(NOTHING, SegmentKey(G, 1, 3, 10))
+
+
+@given(st.lists(st.booleans(), min_size=len(CHAIN), max_size=len(CHAIN)))
+def test_what_is_proven_is_exactly_what_restore_would_restore(keep: list[bool]) -> None:
+    """Rule 1: a proof without a problem claims exactly what plan_restore finds in the same listing."""
+    held = [k for k, kept in zip(CHAIN, keep, strict=True) if kept]
+    proof = prove_chain(held, G, 9)
+    try:
+        plan = plan_restore(held)
+    except (ReplicaEmpty, RestoreError):
+        assert proof.problem is not None
+        return
+    if proof.problem is None:
+        assert proof.txid == plan.txid

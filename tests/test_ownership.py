@@ -1,0 +1,70 @@
+"""One database per replica prefix: the owner record (replicator/ownership.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from replicator.ownership import OWNER_KEY, CorruptOwnerRecord, Owner, ReplicaOwnedElsewhere, claim, read_owner
+from replicator.storage import MemoryClient
+
+
+def test_the_first_claim_records_the_database() -> None:
+    client = MemoryClient()
+    claim(client, "/data/app.db")
+    owner = read_owner(client)
+    assert owner is not None and owner.database == "/data/app.db"
+
+
+def test_the_owner_claiming_again_changes_nothing() -> None:
+    client = MemoryClient()
+    claim(client, "/data/app.db")
+    before = client.get(OWNER_KEY)
+    claim(client, "/data/app.db")
+    assert client.get(OWNER_KEY) == before
+
+
+def test_another_database_is_refused_naming_both() -> None:
+    client = MemoryClient()
+    claim(client, "/data/app.db")
+    with pytest.raises(ReplicaOwnedElsewhere, match=r"/data/app\.db.*/data/other\.db.*--takeover"):
+        claim(client, "/data/other.db")
+    owner = read_owner(client)
+    assert owner is not None and owner.database == "/data/app.db"  # untouched
+
+
+def test_takeover_records_the_new_database() -> None:
+    client = MemoryClient()
+    claim(client, "/data/app.db")
+    claim(client, "/data/other.db", takeover=True)
+    owner = read_owner(client)
+    assert owner is not None and owner.database == "/data/other.db"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\xfe not json",
+        b"[]",
+        json.dumps({"format": 99, "database": "/a", "since_us": 1}).encode(),
+        json.dumps({"format": 1, "database": "", "since_us": 1}).encode(),
+        json.dumps({"format": 1, "database": "/a\x1b[2J", "since_us": 1}).encode(),  # would paint the terminal
+        json.dumps({"format": 1, "database": "/a", "since_us": True}).encode(),
+        json.dumps({"format": 1, "database": "/" + "a" * 5000, "since_us": 1}).encode(),
+        b" " * (17 << 10),
+    ],
+)
+def test_a_record_that_is_not_ours_is_refused_and_never_printed(data: bytes) -> None:
+    client = MemoryClient()
+    client.put(OWNER_KEY, data)
+    with pytest.raises(CorruptOwnerRecord) as raised:
+        claim(client, "/data/app.db")
+    assert "\x1b" not in str(raised.value) and len(str(raised.value)) < 300
+    claim(client, "/data/app.db", takeover=True)  # the operator's way out
+    assert read_owner(client) is not None
+
+
+def test_a_record_round_trips() -> None:
+    owner = Owner("/data/app.db", 1_700_000_000_000_000)
+    assert Owner.decode(owner.encode(), "x") == owner
