@@ -286,8 +286,6 @@ DELETE_AND_RECREATE = """
 import os, sqlite3, sys, time
 db = sys.argv[1]
 conn = sqlite3.connect(db, isolation_level=None)
-conn.execute("PRAGMA journal_mode=WAL")
-conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, payload BLOB, note TEXT)")
 for i in range(1, 51):
     conn.execute("INSERT INTO t VALUES (?, randomblob(100), 'old')", (i,))
 conn.close()
@@ -323,6 +321,7 @@ conn.close()
 def test_the_app_deleting_and_recreating_its_database_sees_no_error(
     app_db: Path, file_replica: Replica, tmp_path: Path
 ) -> None:
+    writer_for(app_db).start(count=1, start=0).wait()
     repl = replicate(app_db, file_replica).start()
     app(DELETE_AND_RECREATE, str(app_db))  # asserts the app saw no error and its own new rows
     time.sleep(1.5)
@@ -385,7 +384,7 @@ def test_a_database_locked_by_a_migration_at_start_is_waited_for(
 def test_a_steady_writer_in_rollback_journal_mode_is_switched_to_wal(
     app_db: Path, file_replica: Replica, tmp_path: Path
 ) -> None:
-    writer = writer_for(app_db).start(count=600, rate=200, journal_mode="delete")
+    writer = writer_for(app_db).start(count=1500, rate=1000, journal_mode="delete")
     time.sleep(0.5)
     repl = replicate(app_db, file_replica).start()
     writer.wait()
