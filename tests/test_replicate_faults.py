@@ -155,23 +155,26 @@ def delete_bucket(replica: Replica, server: S3Server) -> None:
     raise AssertionError(f"could not delete {bucket}")
 
 
+@pytest.mark.parametrize("gone_for", [0.0, 1.0], ids=["between-uploads", "uploads-fail"])
 def test_a_bucket_deleted_and_recreated_gets_a_fresh_snapshot(
-    app_db: Path, s3_replica_of: Replica, s3_server: S3Server, tmp_path: Path
+    app_db: Path, s3_replica_of: Replica, s3_server: S3Server, tmp_path: Path, gone_for: float
 ) -> None:
+    """Gone long enough, uploads fail (NoSuchBucket) and say so; re-created at once, no request fails and
+    only the proof at stop (a fresh LIST) can tell: either way the replica gets a new base."""
     replica = s3_replica_of
     repl = replicate(app_db, replica).start()
     writer = writer_for(app_db).start(count=100_000, rate=100)
     time.sleep(1.5)
     delete_bucket(replica, s3_server)
-    time.sleep(1.0)  # uploads fail meanwhile (NoSuchBucket)
+    time.sleep(gone_for)
     boto3.session.Session().client("s3", endpoint_url=s3_server.endpoint).create_bucket(
         Bucket=replica.url.split("/")[2]
     )
-    time.sleep(2.0)
+    time.sleep(1.0)
     writer.stop()
     assert repl.stop() == 0, repl.output
-    assert "gets a fresh snapshot" in repl.output, repl.output
     assert restored_rows(replica.client, tmp_path) == rows(app_db)
+    assert "does not hold the current generation" in repl.output, repl.output
 
 
 def test_a_wiped_replica_directory_is_reseeded_while_running(
