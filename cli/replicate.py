@@ -21,6 +21,10 @@ from .common import setup_logging
 @click.option("--retention", help="Point-in-time restore window kept on the replicas. [default: 24h]")
 @click.option("--min-checkpoint-pages", type=int, help="Checkpoint once the WAL holds this many pages. [default: 1000]")
 @click.option("--shutdown-timeout", help="Longest wait for the final upload on SIGTERM. [default: 30s]")
+@click.option(
+    "--shutdown-grace",
+    help="After SIGTERM, keep following while the app still has the database open, this long. [default: 2s]",
+)
 @click.option("--verify-interval", help="While uploading, how often each replica is re-checked. [default: 30s]")
 @click.option(
     "--takeover",

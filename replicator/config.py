@@ -47,6 +47,7 @@ class Settings:
     min_checkpoint_pages: int = 1000  # our PASSIVE checkpoint runs once the WAL holds this many frames
     poll_interval: float = 0.025
     shutdown_timeout: float = 30.0
+    shutdown_grace: float = 2.0  # after SIGTERM, how long we still follow an app that has the database open
     compression_level: int = segment.DEFAULT_LEVEL
     lock_timeout_ms: int = 100  # longest we wait for, or hold off, the app's writers
     verify_interval: float = 30.0  # while uploading, how often a replica is probed for the snapshot we build on
@@ -65,10 +66,19 @@ _SETTING_KEYS = {
     "retention": "retention",
     "min-checkpoint-pages": "min_checkpoint_pages",
     "shutdown-timeout": "shutdown_timeout",
+    "shutdown-grace": "shutdown_grace",
     "compression-level": "compression_level",
     "verify-interval": "verify_interval",
 }
-_DURATIONS = {"sync_interval", "snapshot_interval", "retention", "shutdown_timeout", "poll_interval", "verify_interval"}
+_DURATIONS = {
+    "sync_interval",
+    "snapshot_interval",
+    "retention",
+    "shutdown_timeout",
+    "shutdown_grace",
+    "poll_interval",
+    "verify_interval",
+}
 
 
 def _whole_number(name: str, value: object) -> int:

@@ -47,6 +47,7 @@ from .config import Settings
 from .errors import ReplicatorError, StorageError, TransientStorageError
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .lineage import prove_chain
+from .restore import format_time
 from .segment import Writable
 from .snapshot import build_overlay, write_snapshot
 from .sqlite import (
@@ -58,6 +59,7 @@ from .sqlite import (
     StaleWal,
     check_database_file,
     exclusive_mode_holder,
+    opened_elsewhere,
     remove_stale_wal,
 )
 from .state import ShipperState, StateDir, WalPosition
@@ -133,6 +135,8 @@ class Replicator:
         self._generation_wanted: str | None = None  # a generation start that could not be written yet
         self._spool_trouble: str | None = None  # the spool write that keeps failing, said once
         self._retry_at = 0.0  # when to try the spool again
+        self._stop_seen: float | None = None  # when we were told to stop (the grace period runs from there)
+        self._captured_us = 0  # when the final capture read the WAL: the final line's "up to"
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -164,7 +168,7 @@ class Replicator:
         return True
 
     def _follow(self, stop: threading.Event) -> None:
-        while not stop.is_set():
+        while not self._halting(stop):
             if self.db is None and not self._attach(stop):
                 return
             try:
@@ -327,7 +331,7 @@ class Replicator:
 
     def _loop(self, stop: threading.Event) -> None:
         last_ship = 0.0
-        while not stop.is_set():
+        while not self._halting(stop):
             self._check_uploaders()
             assert self.db is not None
             try:
@@ -350,11 +354,38 @@ class Replicator:
                     raise  # not the file going away under us: a real failure, with its traceback
             except ReplicatorError as exc:
                 log.error("replication error: %s", exc)
-                stop.wait(1.0)
+                self._pause(stop, 1.0)
             # Poll fast while the app is writing; a third as often once it has been quiet for a second (each
             # wake-up costs more than the poll itself). A first commit after a quiet spell waits <= 3 polls.
             busy = time.monotonic() - self._last_news < 1.0
-            stop.wait(self.settings.poll_interval * (1 if busy else 3))
+            self._pause(stop, self.settings.poll_interval * (1 if busy else 3))
+
+    def _halting(self, stop: threading.Event) -> bool:
+        """Whether to stop following: once `stop` is set and the app has closed the database, or the grace
+        period is over. An app signalled with us (a container stop) often commits its shutdown work a few
+        ms later: that commit is shipped too."""
+        if not stop.is_set():
+            return False
+        now = time.monotonic()
+        if self._stop_seen is None:
+            self._stop_seen = now
+            if self.db is None or self.settings.shutdown_grace <= 0 or not opened_elsewhere(self.db_path):
+                return True
+            log.info(
+                "stopping: following %s for up to %gs more while the app still has it open",
+                self.db_path,
+                self.settings.shutdown_grace,
+            )
+        if now - self._stop_seen >= self.settings.shutdown_grace:
+            return True
+        return self.db is None or not opened_elsewhere(self.db_path)
+
+    @staticmethod
+    def _pause(stop: threading.Event, seconds: float) -> None:
+        if stop.is_set():
+            time.sleep(seconds)  # in the grace period: stop.wait would not wait at all
+        else:
+            stop.wait(seconds)
 
     def _check_uploaders(self) -> None:
         for u in self.uploaders:
@@ -768,6 +799,7 @@ class Replicator:
                 self._attach(give_up)
             finally:
                 timer.cancel()
+        self._captured_us = _now_us()
         if self.db is not None:
             self._final_capture(deadline)
         self._drain(deadline)
@@ -849,8 +881,9 @@ class Replicator:
             )
             return
         log.info(
-            "stopped: every replica of %s has everything committed (generation %016x, txid %d)",
+            "stopped: every replica of %s has everything committed up to %s (generation %016x, txid %d)",
             self.db_path,
+            format_time(self._captured_us),
             *head,
         )
 

@@ -119,6 +119,32 @@ def shm_in_use(path: Path) -> bool:
         os.close(fd)
 
 
+def opened_elsewhere(path: Path) -> bool:
+    """Whether another process has the database open (a WAL connection read-locks the -shm's DMS byte).
+
+    Call it while we have the database open. Read from /proc/locks, never by opening the file: closing a
+    descriptor of it would drop this process's own POSIX locks (rule 3). Where /proc/locks cannot tell (not
+    Linux, or it does not show our own lock), assume it is open.
+    """
+    try:
+        st = os.stat(f"{path}-shm")
+        with open("/proc/locks") as f:
+            table = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    holders = {
+        int(fields[4])
+        for fields in map(str.split, table.splitlines())
+        if len(fields) >= 8 and "->" not in fields and fields[5] == inode and fields[4].isdigit()
+    }  # "->" marks a request still waiting, not a held lock
+    if os.getpid() not in holders:
+        return True  # we hold its DMS lock ourselves: if we do not see it, this table cannot tell (overlayfs?)
+    return len(holders) > 1
+
+
 class StaleWal(enum.Enum):
     """What remove_stale_wal found beside a deleted or replaced database."""
 

@@ -130,7 +130,7 @@ class Replicator:
 
 
 CLAIM = re.compile(
-    r"stopped: (?:every replica of (\S+) has everything committed \("
+    r"stopped: (?:every replica of (\S+) has everything committed up to \S+ \("
     r"|(\S+) is gone .*; every replica holds its history up to )generation ([0-9a-f]+), txid (\d+)"
 )
 
