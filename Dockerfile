@@ -1,5 +1,6 @@
-# replicator in a container. Typical entrypoint for an app image that embeds it:
-#   replicator restore --if-db-not-exists --if-replica-exists -o /data/app.db "$REPLICA_URL" && exec app
+# replicator in a container. Typical entrypoint for an app image that embeds it (docs/RESTORE.md):
+#   replicator replicate /data/app.db "$REPLICA_URL" --exec "app --port 8080"
+# which restores a missing database, starts the app, and ships everything it committed when it stops.
 FROM python:3.11-slim
 
 WORKDIR /src

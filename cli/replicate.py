@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 import threading
@@ -31,12 +32,21 @@ from .common import setup_logging
     is_flag=True,
     help="Replicate even to a replica that belongs to another database (it moved, or replaces that one).",
 )
+@click.option(
+    "--exec",
+    "command",
+    metavar='"CMD ARGS"',
+    help="Run the app as a child: restore a missing database first, then start it, ship all it commits when it "
+    "exits, and exit with its code.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def replicate(
     db_path: Path | None,
     replica_urls: tuple[str, ...],
+    *,
     config_path: Path | None,
     takeover: bool,
+    command: str | None,
     verbose: bool,
     **options: str | int | None,
 ) -> None:
@@ -49,11 +59,16 @@ def replicate(
     Runs until SIGTERM or SIGINT, then ships everything committed and exits 0 once every replica has
     proved it holds it (non-zero, naming what is missing, if not). A second replicator of the same database
     is refused, and so is a replica that belongs to another database.
+
+    With --exec, the app runs as our child (the way to run both in one container): a missing database is
+    restored first, signals are passed on to the app, and when it exits everything it committed is shipped
+    and we exit with its code.
     """
     from replicator.config import DatabaseConfig, check_one_database_per_replica, load_config, make_settings
     from replicator.errors import ReplicatorError
     from replicator.replicate import Replicator, run_all
     from replicator.storage import open_client
+    from replicator.supervise import Supervisor
 
     from .main import exit_code
 
@@ -73,14 +88,23 @@ def replicate(
     replicators = [
         Replicator(d.path, [open_client(u) for u in d.replicas], d.settings, takeover=takeover) for d in databases
     ]
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    failures = run_all(replicators, stop)
+    child_code = 0
+    if command is not None:
+        argv = shlex.split(command)
+        if not argv:
+            raise click.UsageError("--exec needs a command")
+        outcome = Supervisor(replicators, argv).run()
+        failures, child_code = outcome.failures, outcome.child_code
+    else:
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        failures = run_all(replicators, stop)
     for db, exc in failures:
         if isinstance(exc, ReplicatorError):
             click.echo(f"error: {db}: {exc}", err=True)
         else:
             click.echo(f"error: {db}: unexpected {type(exc).__name__}: {exc} (traceback above)", err=True)
     if failures:
-        sys.exit(exit_code(failures[0][1]))
+        sys.exit(child_code or exit_code(failures[0][1]))
+    sys.exit(child_code)

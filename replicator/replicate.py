@@ -135,6 +135,7 @@ class Replicator:
         self._generation_wanted: str | None = None  # a generation start that could not be written yet
         self._spool_trouble: str | None = None  # the spool write that keeps failing, said once
         self._retry_at = 0.0  # when to try the spool again
+        self.following = threading.Event()  # set once the database is followed, or waited for (supervise.py)
         self._stop_seen: float | None = None  # when we were told to stop (the grace period runs from there)
         self._captured_us = 0  # when the final capture read the WAL: the final line's "up to"
 
@@ -161,6 +162,7 @@ class Replicator:
             if not said:
                 log.info("waiting for %s to be created", self.db_path.parent)
                 said = True
+            self.following.set()  # the app may be started: it is the one to create it
             if stop.wait(0.25):
                 return False
         check_database_file(self.db_path)  # refuse a file that is not SQLite before creating anything beside it
@@ -183,6 +185,7 @@ class Replicator:
             if not said:
                 log.info("waiting for %s to be created", self.db_path)
                 said = True
+            self.following.set()  # an app may be started now: we will see its first commit
             if stop.wait(0.25):
                 return False
         listings = self._list_replicas() if not self.uploaders else None
@@ -191,6 +194,7 @@ class Replicator:
         if not self.uploaders:
             assert listings is not None
             self._start_uploaders(listings)
+        self.following.set()
         return True
 
     def _list_replicas(self) -> dict[str, set[ObjectKey] | None]:

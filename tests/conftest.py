@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import boto3
+import harness
 import pytest
 import rgw
 
@@ -219,6 +220,13 @@ def replica(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
         return
     server: S3Server = request.getfixturevalue(f"{request.param}_server")
     yield from s3_replica(server, monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    """A failing test must not leave its app or replicator running (harness.started)."""
+    yield
+    harness.stop_leftovers()
 
 
 def required_or_skip(message: str) -> NoReturn:

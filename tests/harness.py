@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from replicator import keys
 from replicator.config import load_config
@@ -22,6 +23,23 @@ from replicator.restore import apply_plan, list_replica, plan_restore, restore
 from replicator.storage import ReplicaClient, open_client
 
 WRITER = Path(__file__).parent / "apps" / "writer.py"
+_RUNNING: list[subprocess.Popen[Any]] = []
+P = TypeVar("P", bound="subprocess.Popen[Any]")
+
+
+def started(proc: P) -> P:
+    """Remember a process so that `stop_leftovers` ends it if its test fails before stopping it."""
+    _RUNNING.append(proc)
+    return proc
+
+
+def stop_leftovers() -> None:
+    """Kill (by PID) every process a test started and left running; conftest calls it after each test."""
+    while _RUNNING:
+        proc = _RUNNING.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 @dataclass
@@ -35,7 +53,7 @@ class Writer:
     def start(self, count: int, *, rate: float = 200.0, start: int = 1, **options: int | str) -> Writer:
         extra = [a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]
         args = [sys.executable, str(WRITER), str(self.db), "--rate", str(rate), "--count", str(count)]
-        self.proc = subprocess.Popen([*args, "--start", str(start), "--log", str(self.log), *extra])
+        self.proc = started(subprocess.Popen([*args, "--start", str(start), "--log", str(self.log), *extra]))
         return self
 
     def wait(self, timeout: float = 120) -> None:
@@ -77,7 +95,9 @@ class Replicator:
         cmd = [sys.executable, "-m", "replicator_cli", "replicate", *target, *self.options]
         self.log = self.db.parent / f"replicator-{time.monotonic_ns()}.log"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+            self.proc = started(
+                subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+            )
         deadline = time.monotonic() + ready_timeout
         while " INFO " not in self.output and self.proc.poll() is None:
             assert time.monotonic() < deadline, f"replicator did not start:\n{self.output}"

@@ -20,7 +20,7 @@ from pathlib import Path
 import boto3
 import pytest
 from conftest import Replica, S3Server, fill, s3_replica, tmpfs
-from harness import Replicator, Writer, generations, restored_rows, rows, snapshots
+from harness import Replicator, Writer, generations, restored_rows, rows, snapshots, started
 
 from replicator.config import Settings
 from replicator.replicate import Replicator as Engine
@@ -374,7 +374,9 @@ conn.close()
 def test_a_database_locked_by_a_migration_at_start_is_waited_for(
     app_db: Path, file_replica: Replica, tmp_path: Path
 ) -> None:
-    migration = subprocess.Popen([sys.executable, "-c", MIGRATION, str(app_db)], stdout=subprocess.PIPE, text=True)
+    migration = started(
+        subprocess.Popen([sys.executable, "-c", MIGRATION, str(app_db)], stdout=subprocess.PIPE, text=True)
+    )
     assert migration.stdout is not None and migration.stdout.readline() == "locked\n"
     repl = replicate(app_db, file_replica).start()
     assert migration.wait(30) == 0
@@ -411,11 +413,13 @@ sys.stdin.read()  # holds the file until the test closes our stdin
 def test_exclusive_locking_mode_is_an_error_naming_the_pragma(
     app_db: Path, file_replica: Replica, journal_mode: str
 ) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", EXCLUSIVE_APP, str(app_db), journal_mode],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    holder = started(
+        subprocess.Popen(
+            [sys.executable, "-c", EXCLUSIVE_APP, str(app_db), journal_mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "ready\n"

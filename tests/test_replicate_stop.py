@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from conftest import Replica
-from harness import Replicator, Writer, restored_rows, rows
+from harness import Replicator, Writer, restored_rows, rows, started
 
 OPTIONS = ("--sync-interval", "200ms")
 
@@ -37,7 +37,7 @@ def test_the_apps_shutdown_commit_after_a_simultaneous_sigterm_is_shipped(
     app_db: Path, file_replica: Replica, tmp_path: Path
 ) -> None:
     """Heroku, systemd and compose signal every process at once; the app commits its shutdown work after."""
-    app = subprocess.Popen([sys.executable, "-c", APP_WITH_SHUTDOWN_WORK, str(app_db)], stdout=subprocess.PIPE)
+    app = started(subprocess.Popen([sys.executable, "-c", APP_WITH_SHUTDOWN_WORK, str(app_db)], stdout=subprocess.PIPE))
     assert app.stdout is not None and app.stdout.readline() == b"ready\n"
     repl = Replicator(app_db, [file_replica.url], OPTIONS, file_replica.env).start()
     time.sleep(1.0)
@@ -64,7 +64,7 @@ def test_a_stop_after_the_app_has_closed_the_database_does_not_wait(
 def test_the_grace_period_ends_even_if_the_app_keeps_the_database_open(
     app_db: Path, file_replica: Replica, tmp_path: Path
 ) -> None:
-    app = subprocess.Popen([sys.executable, "-c", APP_WITH_SHUTDOWN_WORK, str(app_db)], stdout=subprocess.PIPE)
+    app = started(subprocess.Popen([sys.executable, "-c", APP_WITH_SHUTDOWN_WORK, str(app_db)], stdout=subprocess.PIPE))
     try:
         assert app.stdout is not None and app.stdout.readline() == b"ready\n"
         repl = Replicator(app_db, [file_replica.url], (*OPTIONS, "--shutdown-grace", "500ms"), file_replica.env)
