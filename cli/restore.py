@@ -45,7 +45,7 @@ def restore(
 ) -> None:
     """Rebuild a database from a replica: its latest state, or as of --timestamp / --txid.
 
-    \\b
+    \b
       replicator restore s3://bucket/app -o /data/app.db
       replicator restore --timestamp 2026-11-21T14:03:00Z s3://bucket/app -o /tmp/before.db
       replicator restore -c replicator.yml /data/app.db --if-db-not-exists --if-replica-exists
@@ -55,6 +55,8 @@ def restore(
     from replicator import restore as lib
     from replicator.errors import ReplicatorError
 
+    if timestamp is not None and txid is not None:
+        raise click.UsageError("give --timestamp or --txid, not both")
     client, configured = open_source(source, config)
     output = output or configured
     if output is None and not dry_run:

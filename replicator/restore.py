@@ -200,10 +200,12 @@ def check_output(output: Path) -> None:
         if output.is_dir():
             raise RestoreError(f"{output} is a directory; give the path of the database file to create")
         raise RestoreError(f"{output} already exists; remove it, restore elsewhere, or use --if-db-not-exists")
-    if not output.parent.is_dir():
-        raise RestoreError(f"{output.parent} is not a directory")
-    if not os.access(output.parent, os.W_OK | os.X_OK):
-        raise RestoreError(f"cannot write in {output.parent} (permission denied)")
+    # The nearest directory that exists: apply_plan creates the missing ones (a fresh container's /data).
+    parent = next(p for p in (output.parent, *output.parent.parents) if os.path.lexists(p))
+    if not parent.is_dir():
+        raise RestoreError(f"{parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RestoreError(f"cannot write in {parent} (permission denied)")
 
 
 def apply_plan(
@@ -222,6 +224,7 @@ def apply_plan(
     output = output.absolute()
     check_output(output)
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.restore-", dir=output.parent)
     except OSError as exc:
         raise RestoreError(f"cannot write in {output.parent}: {exc.strerror}") from None
@@ -250,10 +253,22 @@ def _build(fetch: _Fetcher, plan: RestorePlan, fd: int, tmp: Path, output: Path)
         f.flush()
         os.fsync(f.fileno())
     _check_integrity(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # as the app's own file would be (mkstemp makes it 0600)
     for suffix in ("-wal", "-shm"):
         Path(f"{output}{suffix}").unlink(missing_ok=True)
     os.link(tmp, output)  # fails rather than replacing an output that appeared meanwhile
     fsync_dir(output.parent)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells (os.umask would, for every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def _apply_segment(reader: SegmentReader, f: BinaryIO) -> None:

@@ -141,7 +141,12 @@ def test_point_in_time_by_timestamp_and_by_txid(tmp_path: Path, out_dir: Path, r
         moments.append((time.time(), first + 39))
         time.sleep(0.3)
 
+    writer.start(count=0).wait()  # the app creates its database; the first generation starts from it
     repl = Replicator(db, [replica.url], options, replica.env).start()
+    deadline = time.monotonic() + 30
+    while "snapshot of generation" not in repl.output:  # every moment below is after its snapshot
+        assert time.monotonic() < deadline, repl.output
+        time.sleep(0.05)
     for first in (1, 41, 81):
         batch(first)
     assert repl.stop() == 0, repl.output
@@ -245,6 +250,60 @@ def test_output_directory_that_cannot_hold_it(replicated: tuple[Path, FileClient
     done = cli("restore", str(replicated[1].root), "-o", str(out_dir / "file" / "app.db"))
     assert done.returncode != 0 and "is not a directory" in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in out_dir.iterdir()) == ["file"]
+
+
+def test_missing_parent_directories_are_created(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
+    done = cli("restore", str(replicated[1].root), "-o", str(out_dir / "fresh" / "data" / "app.db"))
+    assert done.returncode == 0, done.stderr
+    assert rows(out_dir / "fresh" / "data" / "app.db") == rows(replicated[0])
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_the_restored_file_honours_the_umask(
+    replicated: tuple[Path, FileClient], out_dir: Path, umask: int, mode: int
+) -> None:
+    argv = [
+        sys.executable,
+        "-m",
+        "replicator_cli",
+        "restore",
+        str(replicated[1].root),
+        "-o",
+        str(out_dir / "app.db"),
+    ]
+    done = subprocess.run(
+        ["sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out_dir / "app.db").stat().st_mode & 0o777 == mode
+
+
+def test_timestamp_and_txid_together_are_a_usage_error(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
+    done = cli("restore", str(replicated[1].root), "-o", str(out_dir / "app.db"), "--txid", "3")
+    assert done.returncode == 0, done.stderr
+    (out_dir / "app.db").unlink()
+    done = cli(
+        "restore",
+        str(replicated[1].root),
+        "-o",
+        str(out_dir / "app.db"),
+        "--txid",
+        "3",
+        "--timestamp",
+        "2026-01-01T00:00:00Z",
+    )
+    assert done.returncode == 2 and "not both" in done.stderr
+    assert not (out_dir / "app.db").exists()
+
+
+def test_help_has_no_stray_escapes() -> None:
+    for command in ("restore", "replicate", "generations", "snapshots", "wal"):
+        done = cli(command, "--help")
+        assert done.returncode == 0 and "\\b" not in done.stdout and "\b" not in done.stdout, done.stdout
 
 
 @pytest.mark.parametrize("bad", ["2026-13-01T00:00:00Z", "2026-11-21T14:03:00", "yesterday"])
