@@ -41,6 +41,16 @@ def open_source(source: str, config: Path | None) -> tuple[ReplicaClient, Path |
     raise ConfigError(f"{source} is not a database in {config}")
 
 
+def human_bytes(size: int) -> str:
+    """612 B, 4.1 kB, 12.3 MB, 1.1 GB: for tables and messages (JSON keeps exact bytes)."""
+    value, unit = float(size), "B"
+    for bigger in ("kB", "MB", "GB", "TB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, bigger
+    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .common import open_source
+from .common import human_bytes, open_source
 
 
 def _source_options(f: Any) -> Any:
@@ -42,10 +42,6 @@ def _print(rows: list[dict[str, Any]], columns: list[tuple[str, str]], as_json: 
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     for line in cells:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"
 
 
 @click.command()
@@ -84,7 +80,7 @@ def generations(source: str, config: Path | None, as_json: bool) -> None:
     rows.sort(key=lambda r: (r.pop("_order"), r["generation"]))
     if not as_json:
         for row in rows:
-            row["size"] = _mb(row["bytes"])
+            row["size"] = human_bytes(row["bytes"])
     _print(
         rows,
         [("GENERATION", "generation"), ("STARTED", "started"), ("LAST WRITE", "last_write"), ("LAG (s)", "lag_s"),
@@ -114,7 +110,7 @@ def snapshots(source: str, config: Path | None, as_json: bool) -> None:
     rows = _object_rows(source, config, SnapshotKey, lambda k: {"txid": k.txid, "time": format_time(k.time_us)})
     if not as_json:
         for row in rows:
-            row["size"] = _mb(row["bytes"])
+            row["size"] = human_bytes(row["bytes"])
     _print(rows, [("GENERATION", "generation"), ("TXID", "txid"), ("TIME", "time"), ("SIZE", "size")], as_json)
 
 
@@ -134,5 +130,5 @@ def wal(source: str, config: Path | None, as_json: bool) -> None:
     if not as_json:
         for row in rows:
             row["txids"] = f"{row['first_txid']}-{row['last_txid']}"
-            row["size"] = f"{row['bytes']} B"
+            row["size"] = human_bytes(row["bytes"])
     _print(rows, [("GENERATION", "generation"), ("TXIDS", "txids"), ("TIME", "time"), ("SIZE", "size")], as_json)

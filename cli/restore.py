@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .common import GenerationId, Timestamp, Txid, open_source
+from .common import GenerationId, Timestamp, Txid, human_bytes, open_source
 
 
 @click.command()
@@ -86,7 +86,7 @@ def restore(
     last = plan.segments[-1].last_time_us if plan.segments else plan.snapshot.time_us
     summary = (
         f"generation {plan.generation:016x}, txid {plan.txid} (as of {lib.format_time(last)}), "
-        f"{len(plan.objects)} objects, {total / 1e6:.1f} MB"
+        f"{len(plan.objects)} objects, {human_bytes(total)}"
     )
     if dry_run:
         click.echo(f"would restore {summary}")

@@ -199,6 +199,17 @@ def test_listings_show_generations_snapshots_and_segments(replicated: tuple[Path
     assert [s["first_txid"] for s in segs] == [1] + [s["last_txid"] + 1 for s in segs[:-1]]
 
 
+@pytest.mark.parametrize("command", ["generations", "snapshots", "wal"])
+def test_listings_show_sizes_in_units_and_json_in_bytes(replicated: tuple[Path, FileClient], command: str) -> None:
+    root = str(replicated[1].root)
+    exact = json.loads(cli(command, root, "--json").stdout)
+    assert all(isinstance(row["bytes"], int) and row["bytes"] > 0 for row in exact)
+    table = cli(command, root).stdout.splitlines()
+    sizes = [line.split()[-2:] for line in table[1:]]
+    assert sizes and all(unit in ("B", "kB", "MB", "GB") for _, unit in sizes), table
+    assert all(unit == "B" or "." in value for value, unit in sizes), table
+
+
 def test_foreign_objects_are_reported_not_fatal(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
     db, client = replicated
     client.put("generations/notes.txt", b"someone else's file")
