@@ -283,7 +283,8 @@ def _apply_segment(reader: SegmentReader, f: BinaryIO) -> None:
 class _Fetcher:
     """Whole-object downloads (resumed if a connection breaks), `workers` at a time, handed back in order."""
 
-    IN_MEMORY = 8 << 20  # a segment bigger than this waits on disk (beside the output), not in memory
+    IN_MEMORY = 24 << 20  # segments held in memory at once, in all: the rest wait on disk beside the output
+    IN_MEMORY_EACH = 8 << 20  # and at most this much of any one
 
     def __init__(self, client: ReplicaClient, scratch: Path, workers: int, progress: Progress | None) -> None:
         self.client = client
@@ -291,6 +292,8 @@ class _Fetcher:
         self.workers = workers
         self.progress = progress
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+        # Up to workers + 1 downloads are held at once (see _window): each gets its share of the budget.
+        self.in_memory_each = max(256 << 10, min(self.IN_MEMORY_EACH, self.IN_MEMORY // (workers + 1)))
 
     def __enter__(self) -> _Fetcher:
         return self
@@ -309,9 +312,9 @@ class _Fetcher:
             yield future.result()
 
     def _download(self, key: ObjectKey) -> BinaryIO:
-        body = tempfile.SpooledTemporaryFile(max_size=self.IN_MEMORY, mode="w+b", dir=str(self.scratch))  # noqa: SIM115
+        body = tempfile.SpooledTemporaryFile(max_size=self.in_memory_each, mode="w+b", dir=str(self.scratch))  # noqa: SIM115
         try:
-            shutil.copyfileobj(_Resuming(self.client, key.key, self.progress), body, 1 << 20)
+            shutil.copyfileobj(_Resuming(self.client, key.key, self.progress), body, 256 << 10)
             body.seek(0)
         except BaseException:
             body.close()

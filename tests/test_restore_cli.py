@@ -480,6 +480,42 @@ def test_an_object_claiming_millions_of_pages_is_refused_in_bounded_memory(
     assert list(out_dir.iterdir()) == []
 
 
+BULK_APP = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, payload BLOB, note TEXT)")
+for i in range(8):  # bulk imports: ~15 MB per transaction, one segment each
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO t(payload, note) VALUES (randomblob(1024), 'bulk')", [()] * 15000)
+    conn.execute("COMMIT")
+    time.sleep(1.2)
+conn.close()
+"""
+
+
+def test_large_segments_restore_in_bounded_memory(app_db: Path, file_replica: Replica, out_dir: Path) -> None:
+    """Memory is bounded by bytes in flight, not by the number of objects: big segments wait on disk."""
+    writer = Writer(app_db, app_db.parent / "log").start(count=0)
+    writer.wait()
+    repl = Replicator(app_db, [file_replica.url], ("--sync-interval", "1s"), file_replica.env).start()
+    subprocess.run([sys.executable, "-c", BULK_APP, str(app_db)], check=True, timeout=120)
+    assert repl.stop() == 0, repl.output
+    sizes = [o.size for o in file_replica.client.list("generations/") if o.key.endswith(".seg")]
+    assert len([size for size in sizes if size > 10_000_000]) >= 6
+
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_OF_CLI, "restore", file_replica.url, "-o", str(out_dir / "app.db"), "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    peak_kb = int(done.stderr.split("VmHWM:")[1].split()[0])
+    assert peak_kb < 80 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
+    assert rows(out_dir / "app.db") == rows(app_db)
+
+
 def test_a_txid_past_the_end_is_an_error_naming_the_latest(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
     latest = json.loads(cli("wal", str(replicated[1].root), "--json").stdout)[-1]["last_txid"]
     done = cli("restore", str(replicated[1].root), "-o", str(out_dir / "app.db"), "--txid", str(latest + 1))
