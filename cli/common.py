@@ -37,7 +37,7 @@ def open_source(source: str, config: Path | None) -> tuple[ReplicaClient, Path |
     wanted = Path(source).absolute()
     for db in load_config(config):
         if db.path.absolute() == wanted:
-            return open_client(db.replicas[0]), db.path
+            return db.client(db.replicas[0]), db.path
     raise ConfigError(f"{source} is not a database in {config}")
 
 

@@ -39,6 +39,14 @@ from .common import setup_logging
     help="Run the app as a child: restore a missing database first, then start it, ship all it commits when it "
     "exits, and exit with its code.",
 )
+@click.option(
+    "--no-expand-env",
+    "expand_env",
+    is_flag=True,
+    flag_value=False,
+    default=True,
+    help="Do not expand $VAR in the config file.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def replicate(
     db_path: Path | None,
@@ -47,6 +55,7 @@ def replicate(
     config_path: Path | None,
     takeover: bool,
     command: str | None,
+    expand_env: bool,
     verbose: bool,
     **options: str | int | None,
 ) -> None:
@@ -54,7 +63,8 @@ def replicate(
 
     \b
       replicator replicate /data/app.db s3://bucket/app [/backups/app ...]
-      replicator replicate -c replicator.yml
+      replicator replicate -c replicator.yml          (ours, or a litestream.yml as it is)
+      REPLICATOR_DB=/data/app.db REPLICATOR_URL=s3://bucket/app replicator replicate
 
     Runs until SIGTERM or SIGINT, then ships everything committed and exits 0 once every replica has
     proved it holds it (non-zero, naming what is missing, if not). A second replicator of the same database
@@ -64,30 +74,17 @@ def replicate(
     restored first, signals are passed on to the app, and when it exits everything it committed is shipped
     and we exit with its code.
     """
-    from replicator.config import DatabaseConfig, check_one_database_per_replica, load_config, make_settings
+    from replicator.config import resolve
     from replicator.errors import ReplicatorError
     from replicator.replicate import Replicator, run_all
-    from replicator.storage import open_client
     from replicator.supervise import Supervisor
 
     from .main import exit_code
 
     setup_logging(verbose)
-    if config_path is not None:
-        if db_path is not None or replica_urls:
-            raise click.UsageError("give either -c CONFIG or DB_PATH REPLICA_URL..., not both")
-        databases = load_config(config_path)
-        overrides = {k: v for k, v in options.items() if v is not None}
-        databases = [DatabaseConfig(d.path, d.replicas, make_settings(overrides, d.settings)) for d in databases]
-    else:
-        if db_path is None or not replica_urls:
-            raise click.UsageError("give DB_PATH and at least one REPLICA_URL (or -c CONFIG)")
-        databases = [DatabaseConfig(db_path, list(replica_urls), make_settings(dict(options)))]
-        check_one_database_per_replica(databases, "the command line")
-
-    replicators = [
-        Replicator(d.path, [open_client(u) for u in d.replicas], d.settings, takeover=takeover) for d in databases
-    ]
+    resolved = resolve(db_path, replica_urls, config_path, options, expand_env=expand_env)
+    command = command or resolved.exec_command
+    replicators = [Replicator(d.path, d.clients(), d.settings, takeover=takeover) for d in resolved.databases]
     child_code = 0
     if command is not None:
         argv = shlex.split(command)

@@ -1,17 +1,24 @@
-"""Settings from the command line or a YAML file: parsing and validation only."""
+"""Settings from the command line, the environment or a YAML file (ours or litestream.yml): parsing and validation."""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import re
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlencode
 
 import yaml
 
 from . import segment
 from .errors import ConfigError
+from .storage.base import ReplicaClient, ReplicaOptions
+
+log = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -56,8 +63,17 @@ class Settings:
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     path: Path
-    replicas: list[str]
+    replicas: list[str]  # URLs
     settings: Settings
+    options: dict[str, ReplicaOptions] = field(default_factory=dict)  # per URL, from a config file
+
+    def client(self, url: str) -> ReplicaClient:
+        from .storage import open_client  # boto3 only when S3 is used
+
+        return open_client(url, options=self.options.get(url))
+
+    def clients(self) -> list[ReplicaClient]:
+        return [self.client(u) for u in self.replicas]
 
 
 _SETTING_KEYS = {
@@ -106,35 +122,306 @@ def make_settings(values: dict[str, Any], base: Settings | None = None) -> Setti
     return settings
 
 
-def load_config(path: Path) -> list[DatabaseConfig]:
-    """The databases of a YAML file:
+DEFAULT_CONFIG = Path("/etc/replicator.yml")
+
+# Litestream's keys (v0.3 and v0.5 litestream.yml) that we honour under our own name.
+_LITESTREAM_NAMES = {"shutdown-sync-timeout": "shutdown-timeout", "min-checkpoint-page-count": "min-checkpoint-pages"}
+# Litestream's keys we understand but do not honour (yet): one warning names them.
+_NOT_HONOURED = {
+    "top": {
+        "addr", "logging", "levels", "l0-retention", "l0-retention-check-interval", "validation",
+        "verify-compaction", "heartbeat-url", "heartbeat-interval", "socket", "mcp-addr",
+        "shutdown-sync-interval", "retention-check-interval", "validation-interval",
+    },
+    "db": {
+        "meta-path", "monitor-interval", "checkpoint-interval", "max-checkpoint-page-count", "busy-timeout",
+        "truncate-page-n", "max-sync-wal-bytes", "restore-if-db-not-exists",
+    },
+    "replica": {
+        "name", "retention-check-interval", "validation-interval", "max-sync-ltx-files", "auto-recover",
+        "storage-class", "part-size", "concurrency", "sign-payload", "require-content-md5",
+    },
+}  # fmt: skip
+# Keys whose meaning we cannot deliver: ignoring them would store data the operator meant to protect.
+_REFUSED = {"age", "sse-customer-key", "sse-customer-key-path", "sse-customer-algorithm", "sse-kms-key-id"}
+# force-path-style: we always address a custom endpoint by path, and AWS answers both styles.
+_S3_LOCATION = {"type", "url", "bucket", "path", "endpoint", "region", "skip-verify", "force-path-style"}
+_CREDENTIALS = {"access-key-id", "secret-access-key"}
+_REPLICA_SETTINGS = {"sync-interval", "snapshot-interval", "retention"}  # per replica in Litestream, per database here
+_ENV = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """What a config file says: the databases, and the app to supervise (`exec:`), if any."""
+
+    databases: list[DatabaseConfig]
+    exec_command: str | None
+
+
+def load_config(path: Path, *, expand_env: bool = True) -> list[DatabaseConfig]:
+    return read_config(path, expand_env=expand_env).databases
+
+
+def read_config(path: Path, *, expand_env: bool = True) -> ConfigFile:
+    """A YAML config: ours, or a Litestream v0.3 / v0.5 litestream.yml as it is.
 
     dbs:
       - path: /data/app.db
-        replicas: [s3://bucket/app, /backups/app]
+        replicas: [s3://bucket/app, /backups/app]   # or Litestream's {type: s3, bucket, path, ...}; or replica:
         sync-interval: 1s        # any setting; top-level settings apply to every database
+
+    `$VAR` and `${VAR}` are replaced by the environment's value (empty if unset), as Litestream does,
+    unless `expand_env` is False. Unknown keys are an error naming the file and line.
     """
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    if expand_env:
+        text = expand_environment(text)
+    try:
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader that also records line numbers
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("dbs"), list) or not data["dbs"]:
+    if not isinstance(data, _Mapping) or not isinstance(data.get("dbs"), list) or not data["dbs"]:
         raise ConfigError(f"config {path} needs a non-empty 'dbs' list")
-    shared = make_settings({k: v for k, v in data.items() if k != "dbs"})
-    result = []
-    for i, entry in enumerate(data["dbs"]):
-        if not isinstance(entry, dict) or "path" not in entry:
-            raise ConfigError(f"config {path}: dbs[{i}] needs a 'path'")
-        replicas = entry.get("replicas") or []
-        replicas = [r["url"] if isinstance(r, dict) else r for r in replicas]
-        if not replicas or not all(isinstance(r, str) for r in replicas):
-            raise ConfigError(f"config {path}: dbs[{i}] needs a list of replica URLs")
-        own = {k: v for k, v in entry.items() if k not in ("path", "replicas")}
-        result.append(DatabaseConfig(Path(entry["path"]), replicas, make_settings(own, shared)))
-    check_one_database_per_replica(result, f"config {path}")
-    return result
+    reader = _Reader(path)
+    shared, s3_defaults, exec_command = reader.top(data)
+    databases = [reader.database(i, entry, shared, s3_defaults) for i, entry in enumerate(data["dbs"])]
+    reader.warn()
+    check_one_database_per_replica(databases, f"config {path}")
+    return ConfigFile(databases, exec_command)
+
+
+def expand_environment(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Litestream's expansion: $VAR and ${VAR} become the variable's value, or nothing if it is unset."""
+    env = os.environ if environ is None else environ
+
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        return str(os.getpid()) if name == "PID" else env.get(name, "")
+
+    return _ENV.sub(value, text)
+
+
+class _Mapping(dict[str, Any]):
+    """A YAML mapping that knows the line of each of its keys."""
+
+    lines: dict[str, int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Mapping:
+    mapping = _Mapping(cast(dict[str, Any], loader.construct_mapping(node, deep=True)))
+    mapping.lines = {str(key.value): key.start_mark.line + 1 for key, _ in node.value}
+    return mapping
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+class _Reader:
+    """Reads one file's mappings, collecting the keys it does not honour for a single warning."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ignored: list[str] = []
+
+    def _check_keys(self, mapping: _Mapping, where: str, allowed: set[str], level: str) -> None:
+        for key in mapping:
+            line = mapping.lines.get(key, 0)
+            if key in _REFUSED:
+                raise ConfigError(
+                    f"config {self.path} line {line}: {where}{key} is not supported (replicator does not encrypt "
+                    "replicas yet); remove it only if unencrypted replicas are acceptable"
+                )
+            if key in _NOT_HONOURED[level]:
+                self.ignored.append(f"{where}{key} (line {line})")
+            elif key not in allowed:
+                raise ConfigError(
+                    f"config {self.path} line {line}: unknown setting {key!r} in {where or 'the top level'}"
+                )
+
+    def warn(self) -> None:
+        if self.ignored:
+            log.warning("config %s: not honoured (yet), ignored: %s", self.path, ", ".join(self.ignored))
+
+    def top(self, data: _Mapping) -> tuple[Settings, dict[str, Any], str | None]:
+        allowed = {"dbs", "exec", "snapshot", *_SETTING_KEYS, *_LITESTREAM_NAMES, *_S3_LOCATION, *_CREDENTIALS}
+        self._check_keys(data, "", allowed - {"type", "url", "bucket", "path"}, "top")
+        values = {k: v for k, v in data.items() if k in _SETTING_KEYS or k in _LITESTREAM_NAMES}
+        snapshot = data.get("snapshot")
+        if snapshot is not None:  # v0.5: snapshot: {interval, retention}
+            if not isinstance(snapshot, _Mapping):
+                raise ConfigError(f"config {self.path}: snapshot must be a mapping of interval and retention")
+            self._check_keys(snapshot, "snapshot.", {"interval", "retention"}, "top")
+            values |= {f"snapshot-{k}" if k == "interval" else k: v for k, v in snapshot.items()}
+        s3_defaults = {k: v for k, v in data.items() if k in (_S3_LOCATION | _CREDENTIALS)}
+        exec_command = data.get("exec")
+        if exec_command is not None and not isinstance(exec_command, str):
+            raise ConfigError(f"config {self.path}: exec must be a command line (a string)")
+        return make_settings(_our_names(values)), s3_defaults, exec_command or None
+
+    def database(self, i: int, entry: object, shared: Settings, s3_defaults: dict[str, Any]) -> DatabaseConfig:
+        where = f"dbs[{i}]."
+        if not isinstance(entry, _Mapping) or "path" not in entry:
+            if isinstance(entry, _Mapping) and "dir" in entry:
+                raise ConfigError(f"config {self.path}: dbs[{i}] replicates a directory, which is not supported yet")
+            raise ConfigError(f"config {self.path}: dbs[{i}] needs a 'path'")
+        allowed = {"path", "replicas", "replica", *_SETTING_KEYS, *_LITESTREAM_NAMES}
+        self._check_keys(entry, where, allowed, "db")
+        listed = entry.get("replicas") or ([entry["replica"]] if entry.get("replica") else [])
+        if not isinstance(listed, list) or not listed:
+            raise ConfigError(f"config {self.path}: dbs[{i}] needs a list of replica URLs")
+        urls, options, per_replica = [], {}, []
+        for j, item in enumerate(listed):
+            url, opts, intervals = self.replica(f"{where}replicas[{j}].", item, s3_defaults, i)
+            urls.append(url)
+            if opts is not None:
+                options[url] = opts
+            per_replica.append(intervals)
+        own = {k: v for k, v in entry.items() if k in _SETTING_KEYS or k in _LITESTREAM_NAMES}
+        settings = make_settings(_our_names(own), make_settings(self._merge(per_replica, where), shared))
+        return DatabaseConfig(Path(str(entry["path"])), urls, settings, options)
+
+    def replica(
+        self, where: str, item: object, defaults: dict[str, Any], i: int
+    ) -> tuple[str, ReplicaOptions | None, dict[str, Any]]:
+        if isinstance(item, str):
+            return item, None, {}
+        if not isinstance(item, _Mapping):
+            raise ConfigError(f"config {self.path}: dbs[{i}] needs a list of replica URLs")
+        self._check_keys(item, where, _S3_LOCATION | _CREDENTIALS | _REPLICA_SETTINGS, "replica")
+        settings = {k: v for k, v in item.items() if k in _REPLICA_SETTINGS}
+        merged = {**{k: v for k, v in defaults.items() if k not in ("type", "url", "bucket", "path")}, **item}
+        credentials = ReplicaOptions(
+            access_key_id=_text(merged.get("access-key-id")),
+            secret_access_key=_text(merged.get("secret-access-key")),
+            skip_verify=merged.get("skip-verify") is True,
+        )
+        options = credentials if credentials != ReplicaOptions() else None
+        if "url" in item:
+            if not isinstance(item["url"], str) or not item["url"]:
+                raise ConfigError(f"config {self.path}: {where}url must be a replica URL")
+            return item["url"], options, settings
+        kind = item.get("type", "s3" if "bucket" in item else "file")
+        if kind == "file":
+            if not isinstance(item.get("path"), str):
+                raise ConfigError(f"config {self.path}: {where}path is needed for a file replica")
+            return item["path"], None, settings
+        if kind != "s3":
+            raise ConfigError(f"config {self.path}: {where}type {kind!r} is not supported; use s3 or file")
+        if not isinstance(item.get("bucket"), str) or not item["bucket"]:
+            raise ConfigError(f"config {self.path}: {where}bucket is needed for an s3 replica")
+        query = {k: merged[k] for k in ("endpoint", "region") if merged.get(k)}
+        url = f"s3://{item['bucket']}/{str(item.get('path') or '').strip('/')}"
+        if query:
+            url += "?" + urlencode(query, safe=":/")
+        return url, options, settings
+
+    def _merge(self, per_replica: list[dict[str, Any]], where: str) -> dict[str, Any]:
+        """Litestream sets intervals per replica; we ship one stream per database: the safe side of each."""
+        merged: dict[str, Any] = {}
+        for key, pick in (("sync-interval", min), ("snapshot-interval", min), ("retention", max)):
+            given = [parse_duration(s[key]) for s in per_replica if key in s]
+            if given:
+                merged[key] = pick(given)
+                if len(set(given)) > 1:
+                    log.warning(
+                        "config %s: %s differs between replicas; using %gs for all of them (the %s)",
+                        self.path,
+                        f"{where}{key}",
+                        merged[key],
+                        "shortest" if pick is min else "longest",
+                    )
+        return merged
+
+
+def _our_names(values: dict[str, Any]) -> dict[str, Any]:
+    return {_LITESTREAM_NAMES.get(k, k): v for k, v in values.items()}
+
+
+def _text(value: object) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def resolve(
+    db_path: Path | None,
+    urls: Sequence[str],
+    config_path: Path | None,
+    flags: Mapping[str, Any],
+    *,
+    expand_env: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> ConfigFile:
+    """What `replicate` replicates, from the first of: DB_PATH REPLICA_URL... on the command line; -c FILE;
+    REPLICATOR_DB + REPLICATOR_URL; REPLICATOR_CONFIG; /etc/replicator.yml. Settings: a flag beats the
+    environment (REPLICATOR_SYNC_INTERVAL...), which beats the file. The app to run: REPLICATOR_EXEC, then the
+    file's `exec:` (a --exec flag beats both, in the CLI)."""
+    env = os.environ if environ is None else environ
+    given = {k.replace("_", "-"): v for k, v in flags.items() if v is not None}
+    layered = {**settings_from_environment(env), **given}
+    exec_command = env.get("REPLICATOR_EXEC") or None
+    if config_path is not None and (db_path is not None or urls):
+        raise ConfigError("give either -c CONFIG or DB_PATH REPLICA_URL..., not both")
+    named = (db_path, list(urls)) if db_path is not None or urls else None
+    if named is None and config_path is None:
+        named = database_from_environment(env)
+    if named is not None:
+        if named[0] is None or not named[1]:
+            raise ConfigError("give DB_PATH and at least one REPLICA_URL")
+        databases = [DatabaseConfig(named[0], named[1], make_settings(layered))]
+        check_one_database_per_replica(databases, "the command line")
+        return ConfigFile(databases, exec_command)
+    path = config_path or (Path(env["REPLICATOR_CONFIG"]) if env.get("REPLICATOR_CONFIG") else None)
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    if path is None:
+        raise ConfigError(
+            "nothing to replicate: give DB_PATH REPLICA_URL..., or set REPLICATOR_DB and REPLICATOR_URL, or "
+            f"a config file (-c FILE, REPLICATOR_CONFIG, or {DEFAULT_CONFIG})"
+        )
+    file = read_config(path, expand_env=expand_env)
+    databases = [replace(d, settings=make_settings(layered, d.settings)) for d in file.databases]
+    return ConfigFile(databases, exec_command or file.exec_command)
+
+
+def settings_from_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every setting as an environment variable: REPLICATOR_SYNC_INTERVAL=1s, REPLICATOR_RETENTION=72h, ..."""
+    env = os.environ if environ is None else environ
+    return {key: env[name] for key in _SETTING_KEYS if (name := env_name(key)) in env and env[name].strip()}
+
+
+def env_name(setting: str) -> str:
+    return "REPLICATOR_" + setting.upper().replace("-", "_")
+
+
+def database_from_environment(environ: Mapping[str, str] | None = None) -> tuple[Path, list[str]] | None:
+    """REPLICATOR_DB and REPLICATOR_URL (several URLs separated by spaces or commas), or None if neither is set."""
+    env = os.environ if environ is None else environ
+    db = env.get("REPLICATOR_DB", "").strip()
+    urls = [u for u in re.split(r"[\s,]+", env.get("REPLICATOR_URL", "")) if u]
+    if not db and not urls:
+        return None
+    if not db or not urls:
+        missing = "REPLICATOR_URL" if db else "REPLICATOR_DB"
+        raise ConfigError(f"{missing} is not set: REPLICATOR_DB (the database) and REPLICATOR_URL go together")
+    return Path(db), urls
+
+
+def apply_litestream_credentials(environ: dict[str, str] | os._Environ[str] | None = None) -> None:
+    """Litestream's LITESTREAM_ACCESS_KEY_ID / LITESTREAM_SECRET_ACCESS_KEY, where AWS_* are not set."""
+    env = os.environ if environ is None else environ
+    for ours, theirs in (
+        ("AWS_ACCESS_KEY_ID", "LITESTREAM_ACCESS_KEY_ID"),
+        ("AWS_SECRET_ACCESS_KEY", "LITESTREAM_SECRET_ACCESS_KEY"),
+    ):
+        if not env.get(ours) and env.get(theirs):
+            env[ours] = env[theirs]
 
 
 def check_one_database_per_replica(databases: list[DatabaseConfig], where: str) -> None:

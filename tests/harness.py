@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from replicator import keys
-from replicator.config import load_config
+from replicator.config import DatabaseConfig, Settings, database_from_environment, load_config
 from replicator.keys import ObjectKey, SnapshotKey
 from replicator.restore import apply_plan, list_replica, plan_restore, restore
-from replicator.storage import ReplicaClient, open_client
+from replicator.storage import ReplicaClient
 
 WRITER = Path(__file__).parent / "apps" / "writer.py"
 _RUNNING: list[subprocess.Popen[Any]] = []
@@ -91,7 +91,7 @@ class Replicator:
 
     def start(self, *, ready_timeout: float = 30) -> Replicator:
         """Start it and wait until it has said something (its signal handlers are in place by then)."""
-        target = [] if "-c" in self.options else [str(self.db), *self.urls]
+        target = [str(self.db), *self.urls] if self.urls else []  # else -c, or the environment
         cmd = [sys.executable, "-m", "replicator_cli", "replicate", *target, *self.options]
         self.log = self.db.parent / f"replicator-{time.monotonic_ns()}.log"
         with open(self.log, "wb") as out:
@@ -123,25 +123,32 @@ class Replicator:
             self.check_claims()
         return code
 
-    def replica_urls(self) -> dict[Path, Sequence[str]]:
+    def databases(self) -> dict[Path, DatabaseConfig]:
+        """What this replicator replicates, read as it reads it (call within its environment)."""
         if "-c" in self.options:
             config = Path(self.options[list(self.options).index("-c") + 1])
-            return {d.path.resolve(): d.replicas for d in load_config(config)}
-        return {self.db.resolve(): self.urls}
+            return {d.path.resolve(): d for d in load_config(config)}
+        if not self.urls:
+            from_env = database_from_environment(self.env)
+            assert from_env is not None
+            return {from_env[0].resolve(): DatabaseConfig(from_env[0], from_env[1], Settings())}
+        return {self.db.resolve(): DatabaseConfig(self.db, list(self.urls), Settings())}
 
     def check_claims(self) -> None:
         """The property that ties our claim to the truth: "every replica of DB has everything committed
         (generation G, txid N)" means a restore of each of DB's replicas yields exactly G and N."""
-        urls = self.replica_urls()
-        for db, gone_db, generation, txid in CLAIM.findall(self.output):
-            for url in urls[Path(db or gone_db)]:
-                with _environment(self.env):
-                    client = open_client(url)
+        with _environment(self.env):
+            databases = self.databases()
+            for db, gone_db, generation, txid in CLAIM.findall(self.output):
+                config = databases[Path(db or gone_db)]
+                for url in config.replicas:
+                    client = config.client(url)
                     plan = plan_restore(list_replica(client).objects)
                     with tempfile.TemporaryDirectory() as tmp:
                         apply_plan(client, plan, Path(tmp) / "claim.db")
-                got = (plan.generation, plan.txid)
-                assert got == (int(generation, 16), int(txid)), f"{url} restores {got}, not the claim\n{self.output}"
+                    got = (plan.generation, plan.txid)
+                    claim = (int(generation, 16), int(txid))
+                    assert got == claim, f"{url} restores {got}, not the claim\n{self.output}"
 
     def kill(self) -> None:
         assert self.proc is not None

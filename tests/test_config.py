@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from replicator.config import Settings, load_config, make_settings, parse_duration
+from replicator import config
+from replicator.config import (
+    Settings,
+    apply_litestream_credentials,
+    load_config,
+    make_settings,
+    parse_duration,
+    read_config,
+    resolve,
+)
 from replicator.errors import ConfigError
 
 
@@ -246,3 +255,139 @@ def test_invalid_per_database_setting_is_rejected(tmp_path: Path) -> None:
     path = write_config(tmp_path, "dbs: [{path: app.db, replicas: [/b/app], retention: 0s}]\n")
     with pytest.raises(ConfigError, match="must be positive"):
         load_config(path)
+
+
+# -- Litestream's litestream.yml, as it is -----------------------------------------------------------------
+
+LITESTREAM_03 = """\
+addr: ":9090"
+access-key-id: AKIAEXAMPLE
+secret-access-key: s3cr3t
+exec: my-app --port 8080
+dbs:
+  - path: /data/app.db
+    monitor-interval: 1s
+    replicas:
+      - type: s3
+        bucket: my-bucket
+        path: app
+        endpoint: http://127.0.0.1:9000
+        region: eu-west-1
+        force-path-style: true
+        sync-interval: 10s
+        retention: 72h
+      - path: /backups/app
+"""
+
+LITESTREAM_05 = """\
+snapshot:
+  interval: 1h
+  retention: 48h
+shutdown-sync-timeout: 10s
+levels:
+  - interval: 5m
+dbs:
+  - path: /data/app.db
+    replica:
+      url: s3://my-bucket/app
+"""
+
+
+def test_a_litestream_03_config_is_read_as_it_is(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = read_config(write_config(tmp_path, LITESTREAM_03))
+    [db] = config.databases
+    assert db.replicas == ["s3://my-bucket/app?endpoint=http://127.0.0.1:9000&region=eu-west-1", "/backups/app"]
+    options = db.options[db.replicas[0]]
+    assert (options.access_key_id, options.secret_access_key) == ("AKIAEXAMPLE", "s3cr3t")
+    assert db.settings.sync_interval == 10 and db.settings.retention == 72 * 3600
+    assert config.exec_command == "my-app --port 8080"
+    assert "addr (line 1)" in caplog.text and "dbs[0].monitor-interval (line 7)" in caplog.text
+    assert "s3cr3t" not in caplog.text and "s3cr3t" not in repr(options)
+
+
+def test_a_litestream_05_config_with_a_single_replica_is_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    [db] = load_config(write_config(tmp_path, LITESTREAM_05))
+    assert db.replicas == ["s3://my-bucket/app"]
+    assert db.settings.snapshot_interval == 3600 and db.settings.retention == 48 * 3600
+    assert db.settings.shutdown_timeout == 10
+    assert "levels (line 5)" in caplog.text
+
+
+def test_variables_are_expanded_and_unset_ones_are_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUCKET", "from-env")
+    monkeypatch.delenv("UNSET_PREFIX", raising=False)
+    path = write_config(tmp_path, "dbs:\n  - path: /a.db\n    replicas:\n      - s3://${BUCKET}/x$UNSET_PREFIX\n")
+    assert load_config(path)[0].replicas == ["s3://from-env/x"]
+    assert load_config(path, expand_env=False)[0].replicas == ["s3://${BUCKET}/x$UNSET_PREFIX"]
+
+
+def test_an_unknown_key_names_its_file_and_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/a\n        bukcet: x\n")
+    with pytest.raises(
+        ConfigError, match=rf"config {path} line 5: unknown setting 'bukcet' in dbs\[0\]\.replicas\[0\]"
+    ):
+        load_config(path)
+
+
+def test_encryption_keys_are_refused_rather_than_ignored(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "dbs:\n  - path: /a.db\n    replicas:\n      - url: s3://b/a\n        age: {}\n")
+    with pytest.raises(ConfigError, match=r"line 5: dbs\[0\]\.replicas\[0\]\.age is not supported"):
+        load_config(path)
+
+
+def test_replicas_with_different_intervals_get_the_safe_side(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    text = "dbs:\n  - path: /a.db\n    replicas:\n      - {url: s3://b/a, sync-interval: 5s, retention: 1h}\n"
+    text += "      - {path: /backups/a, sync-interval: 1s, retention: 2h}\n"
+    [db] = load_config(write_config(tmp_path, text))
+    assert db.settings.sync_interval == 1 and db.settings.retention == 7200
+    assert "sync-interval differs between replicas" in caplog.text
+
+
+def test_a_replica_type_we_do_not_have_is_an_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "dbs: [{path: /a.db, replicas: [{type: gcs, bucket: b, path: a}]}]\n")
+    with pytest.raises(ConfigError, match="type 'gcs' is not supported"):
+        load_config(path)
+
+
+# -- where `replicate` finds its databases: flag > environment > file -------------------------------------
+
+
+def test_the_environment_alone_is_enough() -> None:
+    env = {
+        "REPLICATOR_DB": "/data/app.db",
+        "REPLICATOR_URL": "s3://b/app, /backups/app",
+        "REPLICATOR_SYNC_INTERVAL": "5s",
+    }
+    [db] = resolve(None, (), None, {}, environ=env).databases
+    assert db.path == Path("/data/app.db") and db.replicas == ["s3://b/app", "/backups/app"]
+    assert db.settings.sync_interval == 5
+
+
+def test_a_flag_beats_the_environment_which_beats_the_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "sync-interval: 9s\nretention: 9h\ndbs: [{path: /a.db, replicas: [/b/a]}]\n")
+    env = {"REPLICATOR_CONFIG": str(path), "REPLICATOR_SYNC_INTERVAL": "5s", "REPLICATOR_RETENTION": "5h"}
+    [db] = resolve(None, (), None, {"sync_interval": "1s"}, environ=env).databases
+    assert (db.settings.sync_interval, db.settings.retention) == (1, 5 * 3600)
+
+
+def test_the_app_to_run_comes_from_the_environment_before_the_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "exec: from-file\ndbs: [{path: /a.db, replicas: [/b/a]}]\n")
+    assert resolve(None, (), path, {}, environ={}).exec_command == "from-file"
+    assert resolve(None, (), path, {}, environ={"REPLICATOR_EXEC": "from-env"}).exec_command == "from-env"
+
+
+def test_nothing_to_replicate_names_the_three_ways(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(config, "DEFAULT_CONFIG", tmp_path / "absent.yml")
+    with pytest.raises(ConfigError, match=r"REPLICATOR_DB and REPLICATOR_URL.*-c FILE, REPLICATOR_CONFIG"):
+        resolve(None, (), None, {}, environ={})
+
+
+def test_a_database_without_a_url_in_the_environment_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="REPLICATOR_URL is not set"):
+        resolve(None, (), None, {}, environ={"REPLICATOR_DB": "/data/app.db"})
+
+
+def test_litestream_credentials_are_used_where_aws_ones_are_missing() -> None:
+    env = {"LITESTREAM_ACCESS_KEY_ID": "id", "LITESTREAM_SECRET_ACCESS_KEY": "key", "AWS_ACCESS_KEY_ID": "mine"}
+    apply_litestream_credentials(env)
+    assert env["AWS_ACCESS_KEY_ID"] == "mine" and env["AWS_SECRET_ACCESS_KEY"] == "key"

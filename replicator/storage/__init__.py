@@ -6,7 +6,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigError
-from .base import Body, ObjectInfo, ObjectReader, ReplicaClient, check_key
+from .base import Body, ObjectInfo, ObjectReader, ReplicaClient, ReplicaOptions, check_key
 from .file import FileClient
 from .memory import MemoryClient
 from .retry import RetryingClient
@@ -18,6 +18,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectReader",
     "ReplicaClient",
+    "ReplicaOptions",
     "RetryingClient",
     "check_key",
     "open_client",
@@ -26,7 +27,7 @@ __all__ = [
 _S3_OPTIONS = {"endpoint", "region"}
 
 
-def open_client(url: str, *, retry: bool = True) -> ReplicaClient:
+def open_client(url: str, *, retry: bool = True, options: ReplicaOptions | None = None) -> ReplicaClient:
     """A client for `s3://bucket/prefix[?endpoint=URL&region=R]`, `file:///dir` or a plain directory path."""
     parts = urlsplit(url)
     client: ReplicaClient
@@ -48,6 +49,7 @@ def open_client(url: str, *, retry: bool = True) -> ReplicaClient:
             parts.path,
             endpoint_url=query.get("endpoint", [None])[-1],
             region=query.get("region", [None])[-1],
+            options=options,
         )
     elif parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):

@@ -8,7 +8,7 @@ never escape the root of a directory replica.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, runtime_checkable
 
 Body = bytes | BinaryIO  # a file object must be seekable, so that a retry can send it again
@@ -100,3 +100,12 @@ class ObjectReader:
         if len(data) < self._chunk:
             self._eof = True
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaOptions:
+    """What a config file can say about an S3 replica beyond its URL (Litestream's per-replica keys)."""
+
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)  # never printed
+    skip_verify: bool = False  # do not verify the endpoint's TLS certificate

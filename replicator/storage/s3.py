@@ -21,12 +21,13 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from ..errors import (
+    ConfigError,
     ObjectNotFound,
     PermanentStorageError,
     StorageError,
     TransientStorageError,
 )
-from .base import Body, ObjectInfo, Readable, check_key
+from .base import Body, ObjectInfo, Readable, ReplicaOptions, check_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client as Boto3S3Client
@@ -64,11 +65,12 @@ class S3Client:
         region: str | None = None,
         list_page_size: int = 1000,
         client: Boto3S3Client | None = None,
+        options: ReplicaOptions | None = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._page_size = list_page_size
-        self._client = client or _make_client(endpoint_url, region)
+        self._client = client or _make_client(endpoint_url, region, options or ReplicaOptions())
         # 8 MiB parts allow 80 GB objects (10 000 parts). Uploads from a file object copy parts into memory first:
         # at most 4 of them (the default, 10, costs 80 MiB+ of RSS). Files still at their path go by name instead.
         self._transfer = TransferConfig(
@@ -230,7 +232,7 @@ class _Lent(io.RawIOBase):
         pass
 
 
-def _make_client(endpoint_url: str | None, region: str | None) -> Boto3S3Client:
+def _make_client(endpoint_url: str | None, region: str | None, options: ReplicaOptions) -> Boto3S3Client:
     custom_endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
     config = Config(
         retries={"max_attempts": 1, "mode": "standard"},
@@ -242,7 +244,19 @@ def _make_client(endpoint_url: str | None, region: str | None) -> Boto3S3Client:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+    try:
+        session = boto3.session.Session(
+            aws_access_key_id=options.access_key_id, aws_secret_access_key=options.secret_access_key
+        )
+        return session.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=config,
+            verify=False if options.skip_verify else None,
+        )
+    except botocore.exceptions.BotoCoreError as exc:  # AWS_PROFILE naming no profile, a malformed config...
+        raise ConfigError(f"cannot set up S3 access: {exc}") from None
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:
