@@ -36,6 +36,14 @@ finally:
 """
 
 
+def restore_measuring_rss(*args: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`replicator restore ARGS`, and its peak RSS in KiB."""
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_OF_CLI, "restore", *args], capture_output=True, text=True, check=False
+    )
+    return done, int(done.stderr.split("VmHWM:")[1].split()[0])
+
+
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "replicator_cli", *args],
@@ -395,14 +403,8 @@ def test_a_1gb_database_restores_in_under_100mb_of_memory(tmp_path: Path, out_di
     assert repl.stop() == 0, repl.output
 
     out = out_dir / "app.db"
-    done = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS_OF_CLI, "restore", str(replica), "-o", str(out), "-q"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done, peak_kb = restore_measuring_rss(str(replica), "-o", str(out), "-q")
     assert done.returncode == 0, done.stderr
-    peak_kb = int(done.stderr.split("VmHWM:")[1].split()[0])
     assert peak_kb < 100 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
     conn = sqlite3.connect(out)
     assert conn.execute("SELECT count(*), sum(length(payload)) FROM t").fetchone() == (1_000_000, 1_000_000_000)
@@ -467,15 +469,9 @@ def test_an_object_claiming_millions_of_pages_is_refused_in_bounded_memory(
     client.put(key, packed + compressed + trailer)
     assert client.root.joinpath(key).stat().st_size < 8192
 
-    done = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS_OF_CLI, "restore", str(client.root), "-o", str(out_dir / "app.db")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done, peak_kb = restore_measuring_rss(str(client.root), "-o", str(out_dir / "app.db"))
     assert done.returncode == 4, done.stderr
     assert "page numbers must strictly increase" in done.stderr and key in done.stderr
-    peak_kb = int(done.stderr.split("VmHWM:")[1].split()[0])
     assert peak_kb < 80 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
     assert list(out_dir.iterdir()) == []
 
@@ -504,14 +500,8 @@ def test_large_segments_restore_in_bounded_memory(app_db: Path, file_replica: Re
     sizes = [o.size for o in file_replica.client.list("generations/") if o.key.endswith(".seg")]
     assert len([size for size in sizes if size > 10_000_000]) >= 6
 
-    done = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS_OF_CLI, "restore", file_replica.url, "-o", str(out_dir / "app.db"), "-q"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done, peak_kb = restore_measuring_rss(file_replica.url, "-o", str(out_dir / "app.db"), "-q")
     assert done.returncode == 0, done.stderr
-    peak_kb = int(done.stderr.split("VmHWM:")[1].split()[0])
     assert peak_kb < 80 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
     assert rows(out_dir / "app.db") == rows(app_db)
 
