@@ -55,8 +55,7 @@ def prove_chain(held: Iterable[ObjectKey], generation: int, txid: int) -> ChainP
     if any(k.generation > generation for k in items):
         return ChainProof(generation, NOTHING, ReplicaProblem.NEWER_GENERATION)
     mine = [k for k in items if k.generation == generation]
-    ours = chain_order(SnapshotKey(generation, txid, 0))
-    if any(chain_order(k) > ours for k in mine):
+    if any(beyond(k, generation, txid) for k in mine):
         return ChainProof(generation, NOTHING, ReplicaProblem.UNSHIPPED)
     snapshots = [k for k in mine if isinstance(k, SnapshotKey)]
     if not snapshots:
@@ -66,8 +65,13 @@ def prove_chain(held: Iterable[ObjectKey], generation: int, txid: int) -> ChainP
     starts = {k.first_txid: k for k in mine if isinstance(k, SegmentKey)}
     while (seg := starts.get(end[1] + 1)) is not None:
         end = chain_order(seg)
-    beyond = any(isinstance(k, SegmentKey) and k.last_txid > end[1] for k in mine)
-    return ChainProof(generation, end, ReplicaProblem.BROKEN_CHAIN if beyond else None)
+    past_gap = any(isinstance(k, SegmentKey) and k.last_txid > end[1] for k in mine)
+    return ChainProof(generation, end, ReplicaProblem.BROKEN_CHAIN if past_gap else None)
+
+
+def beyond(key: ObjectKey, generation: int, txid: int) -> bool:
+    """Whether `key` is of `generation` and reaches past `txid`: something a chain that ends there never held."""
+    return key.generation == generation and chain_order(key) > chain_order(SnapshotKey(generation, txid, 0))
 
 
 def continues(position: Position, key: ObjectKey) -> bool:

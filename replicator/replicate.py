@@ -46,7 +46,7 @@ from .batch import BatchPlan, PageReader, encode_batch, plan_batch, split_batche
 from .config import Settings
 from .errors import ReplicatorError, StorageError, TransientStorageError
 from .keys import ObjectKey, SegmentKey, SnapshotKey
-from .lineage import prove_chain
+from .lineage import beyond, prove_chain
 from .restore import format_time
 from .segment import Writable
 from .snapshot import build_overlay, write_snapshot
@@ -321,11 +321,7 @@ class Replicator:
         between spool write and state save), and any second copy of one position."""
         for info in self.state_dir.spool.list(keys.GENERATIONS):
             key = keys.parse(info.key)
-            unrecorded = (
-                state is not None
-                and key.generation == state.generation
-                and (keys.chain_order(key) > keys.chain_order(SnapshotKey(state.generation, state.txid, 0)))
-            )
+            unrecorded = state is not None and beyond(key, state.generation, state.txid)
             if unrecorded or self.outbox.key_at(keys.chain_order(key)) not in (None, key):
                 self.state_dir.spool.delete([info.key])
             else:
