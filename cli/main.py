@@ -43,7 +43,7 @@ class ReplicatorGroup(click.Group):
 @click.version_option(replicator.__version__, prog_name="replicator")
 def cli() -> None:
     """Replicate SQLite databases to object storage and restore them to any point in time."""
-    from replicator.config import apply_litestream_credentials
+    from replicator.storage import apply_litestream_credentials
 
     apply_litestream_credentials()  # a Litestream deployment's LITESTREAM_ACCESS_KEY_ID works unchanged
 

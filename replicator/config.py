@@ -413,17 +413,6 @@ def database_from_environment(environ: Mapping[str, str] | None = None) -> tuple
     return Path(db), urls
 
 
-def apply_litestream_credentials(environ: dict[str, str] | os._Environ[str] | None = None) -> None:
-    """Litestream's LITESTREAM_ACCESS_KEY_ID / LITESTREAM_SECRET_ACCESS_KEY, where AWS_* are not set."""
-    env = os.environ if environ is None else environ
-    for ours, theirs in (
-        ("AWS_ACCESS_KEY_ID", "LITESTREAM_ACCESS_KEY_ID"),
-        ("AWS_SECRET_ACCESS_KEY", "LITESTREAM_SECRET_ACCESS_KEY"),
-    ):
-        if not env.get(ours) and env.get(theirs):
-            env[ours] = env[theirs]
-
-
 def check_one_database_per_replica(databases: list[DatabaseConfig], where: str) -> None:
     """Refuse a database listed twice, or one replica URL given to two databases (a copy-pasted entry)."""
     paths: dict[Path, int] = {}

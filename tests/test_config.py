@@ -10,7 +10,6 @@ import pytest
 from replicator import config
 from replicator.config import (
     Settings,
-    apply_litestream_credentials,
     load_config,
     make_settings,
     parse_duration,
@@ -18,6 +17,7 @@ from replicator.config import (
     resolve,
 )
 from replicator.errors import ConfigError
+from replicator.storage import apply_litestream_credentials
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

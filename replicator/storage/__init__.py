@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import MutableMapping
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -20,6 +22,7 @@ __all__ = [
     "ReplicaClient",
     "ReplicaOptions",
     "RetryingClient",
+    "apply_litestream_credentials",
     "check_key",
     "open_client",
 ]
@@ -60,3 +63,14 @@ def open_client(url: str, *, retry: bool = True, options: ReplicaOptions | None 
     else:
         raise ConfigError(f"unsupported replica URL {url!r}; use s3://BUCKET/PREFIX or a directory path")
     return RetryingClient(client) if retry else client
+
+
+def apply_litestream_credentials(environ: MutableMapping[str, str] | None = None) -> None:
+    """Litestream's LITESTREAM_ACCESS_KEY_ID / LITESTREAM_SECRET_ACCESS_KEY, where AWS_* are not set."""
+    env = os.environ if environ is None else environ
+    for ours, theirs in (
+        ("AWS_ACCESS_KEY_ID", "LITESTREAM_ACCESS_KEY_ID"),
+        ("AWS_SECRET_ACCESS_KEY", "LITESTREAM_SECRET_ACCESS_KEY"),
+    ):
+        if not env.get(ours) and env.get(theirs):
+            env[ours] = env[theirs]
