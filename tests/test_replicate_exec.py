@@ -14,8 +14,6 @@ import pytest
 from conftest import Replica
 from harness import Replicator, Writer, restored_rows, rows, started, wipe_local
 
-from replicator.storage import FileClient
-
 OPTIONS = ("--sync-interval", "200ms")
 
 # The app: reads what it finds first (so the test knows what it saw at boot), then writes, then exits
@@ -54,13 +52,18 @@ def supervised(db: Path, replica: Replica, command: str, *options: str) -> Repli
     return Replicator(db, [replica.url], (*OPTIONS, *options, "--exec", command), replica.env)
 
 
+def replicated_then_wiped(db: Path, replica: Replica, rows_written: int) -> None:
+    """`rows_written` rows on the replica, and then a redeploy: a fresh container disk."""
+    first = Replicator(db, [replica.url], OPTIONS).start()
+    Writer(db, db.parent / "commits.log").start(count=rows_written, rate=500).wait()
+    assert first.stop() == 0, first.output
+    wipe_local(db)
+
+
 def test_a_missing_database_is_restored_before_the_app_starts(
     app_db: Path, file_replica: Replica, tmp_path: Path
 ) -> None:
-    first = Replicator(app_db, [file_replica.url], OPTIONS).start()
-    Writer(app_db, tmp_path / "commits.log").start(count=120, rate=500).wait()
-    assert first.stop() == 0, first.output
-    wipe_local(app_db)  # a redeploy: a fresh container disk
+    replicated_then_wiped(app_db, file_replica, 120)
 
     seen = tmp_path / "seen"
     repl = supervised(app_db, file_replica, app_command(app_db, seen, count=30)).start()
@@ -135,13 +138,10 @@ def test_a_replication_failure_stops_the_app_and_exits_non_zero(app_db: Path, fi
 def test_a_replica_that_cannot_be_restored_keeps_the_app_from_starting(
     app_db: Path, file_replica: Replica, tmp_path: Path
 ) -> None:
-    first = Replicator(app_db, [file_replica.url], OPTIONS).start()
-    Writer(app_db, tmp_path / "commits.log").start(count=20, rate=500).wait()
-    assert first.stop() == 0, first.output
-    wipe_local(app_db)
+    replicated_then_wiped(app_db, file_replica, 20)
     for info in file_replica.client.list("generations/"):
         if info.key.endswith(".snap"):
-            FileClient(file_replica.client.root).put(info.key, b"not a snapshot")
+            file_replica.client.put(info.key, b"not a snapshot")
     seen = tmp_path / "seen"
     repl = supervised(app_db, file_replica, app_command(app_db, seen, count=5)).start()
     assert repl.wait(60) != 0
@@ -150,45 +150,35 @@ def test_a_replica_that_cannot_be_restored_keeps_the_app_from_starting(
     assert "Traceback" not in repl.output
 
 
-def test_as_pid_1_orphaned_grandchildren_are_reaped(app_db: Path, file_replica: Replica, tmp_path: Path) -> None:
-    """In a container without an init we are PID 1: a process orphaned by the app becomes ours to reap."""
+def supervised_as_pid_1(db: Path, replica: Replica, command: str) -> subprocess.Popen[bytes]:
+    """`replicate --exec` as PID 1 of a new PID namespace, as in a container without an init."""
     if subprocess.run(["unshare", "--pid", "--fork", "true"], check=False, capture_output=True).returncode:
         pytest.skip("unshare --pid needs root")
+    cmd = [sys.executable, "-m", "replicator_cli", "replicate", str(db), replica.url, "--exec", command]
+    return started(subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", *cmd], stderr=subprocess.PIPE))
+
+
+def test_as_pid_1_orphaned_grandchildren_are_reaped(app_db: Path, file_replica: Replica) -> None:
+    """In a container without an init we are PID 1: a process orphaned by the app becomes ours to reap."""
     command = "sh -c '(sleep 0.2 &); sleep 3'"  # the subshell exits at once: its sleep is orphaned to PID 1
-    cmd = [sys.executable, "-m", "replicator_cli", "replicate", str(app_db), file_replica.url, "--exec", command]
-    ns = started(subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", *cmd], stderr=subprocess.PIPE))
-    try:
-        time.sleep(2.0)  # the orphan has exited by now; the app still runs
-        inside = _children(ns.pid)
-        assert len(inside) == 1
-        zombies = [p for p in _children(inside[0]) if _state(p) == "Z"]
-        assert zombies == [], f"unreaped: {zombies}"
-        assert ns.wait(30) == 0
-    finally:
-        if ns.poll() is None:
-            ns.kill()
-            ns.wait()
+    ns = supervised_as_pid_1(app_db, file_replica, command)
+    time.sleep(2.0)  # the orphan has exited by now; the app still runs
+    inside = _children(ns.pid)
+    assert len(inside) == 1
+    zombies = [p for p in _children(inside[0]) if _state(p) == "Z"]
+    assert zombies == [], f"unreaped: {zombies}"
+    assert ns.wait(30) == 0
 
 
 def test_as_pid_1_a_container_stop_ships_the_apps_last_commit(
     app_db: Path, file_replica: Replica, tmp_path: Path
 ) -> None:
     """The platform signals PID 1 only, and everything else dies with it: as PID 1, we outlive the app."""
-    if subprocess.run(["unshare", "--pid", "--fork", "true"], check=False, capture_output=True).returncode:
-        pytest.skip("unshare --pid needs root")
-    seen = tmp_path / "seen"
-    command = app_command(app_db, seen, count=100_000)
-    cmd = [sys.executable, "-m", "replicator_cli", "replicate", str(app_db), file_replica.url, "--exec", command]
-    ns = started(subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", *cmd], stderr=subprocess.PIPE))
-    try:
-        time.sleep(2.0)
-        (pid_1,) = _children(ns.pid)
-        os.kill(pid_1, signal.SIGTERM)  # what `docker stop` / `podman stop` does
-        assert ns.wait(60) == 0
-    finally:
-        if ns.poll() is None:
-            ns.kill()
-            ns.wait()
+    ns = supervised_as_pid_1(app_db, file_replica, app_command(app_db, tmp_path / "seen", count=100_000))
+    time.sleep(2.0)
+    (pid_1,) = _children(ns.pid)
+    os.kill(pid_1, signal.SIGTERM)  # what `docker stop` / `podman stop` does
+    assert ns.wait(60) == 0
     restored = restored_rows(file_replica.client, tmp_path)
     assert restored == rows(app_db) and restored[-1][2] == "shutdown"
 
