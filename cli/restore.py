@@ -107,5 +107,7 @@ def restore(
             with lock:
                 bar.update(n)
 
-        lib.apply_plan(client, plan, output, parallelism=parallelism, progress=progress)
+        digest = lib.apply_plan(client, plan, output, parallelism=parallelism, progress=progress)
+    if timestamp is None and txid is None and generation is None:
+        lib.leave_state(output, plan, digest)  # `replicate` continues from here instead of a new snapshot
     say(f"restored {output}: {summary} in {time.monotonic() - started:.1f}s")

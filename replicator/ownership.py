@@ -5,6 +5,11 @@ a database first replicates there, and checked at start-up, when a replica is fi
 and before each new generation goes there. Another database pointed at the same place is refused, naming
 both, unless the operator passes --takeover (the database moved, or really replaces the other one).
 
+The record also says whether the last writer stopped cleanly: a replicator whose final sync proved every
+replica ends at generation G, txid T seals the record with (G, T), and every replicator unseals it before
+it ships anything. A seal is what lets a restored copy continue generation G at T without a new snapshot
+(the next container of a redeploy): nobody else is writing G, or the seal would be gone.
+
 The record is read from a store we do not control: it is read with a bounded GET and validated before
 anything in it is trusted or printed.
 """
@@ -14,7 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeGuard
 
 from .errors import FormatError, ObjectNotFound, ReplicatorError
 from .storage import ReplicaClient
@@ -35,13 +41,20 @@ class CorruptOwnerRecord(FormatError):
     """The owner record exists but is not one of ours."""
 
 
+Seal = tuple[int, int]  # (generation, txid) where the last writer stopped, everything proven
+
+
 @dataclass(frozen=True, slots=True)
 class Owner:
     database: str  # the resolved path of the database file
     since_us: int  # when it claimed the replica
+    sealed: Seal | None = None  # set by a clean stop, cleared by the next writer before it ships
 
     def encode(self) -> bytes:
-        return json.dumps({"format": FORMAT, "database": self.database, "since_us": self.since_us}).encode()
+        record: dict[str, object] = {"format": FORMAT, "database": self.database, "since_us": self.since_us}
+        if self.sealed is not None:
+            record["sealed"] = {"generation": f"{self.sealed[0]:016x}", "txid": self.sealed[1]}
+        return json.dumps(record).encode()
 
     @classmethod
     def decode(cls, data: bytes, where: str) -> Owner:
@@ -61,9 +74,25 @@ class Owner:
         database, since = record.get("database"), record.get("since_us")
         if not isinstance(database, str) or not 0 < len(database) <= _MAX_PATH or not database.isprintable():
             raise bad("no valid database path")
-        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+        if not _count(since):
             raise bad("no valid time")
-        return cls(database, since)
+        sealed = record.get("sealed")
+        if sealed is None:
+            return cls(database, since)
+        generation = sealed.get("generation") if isinstance(sealed, dict) else None
+        txid = sealed.get("txid") if isinstance(sealed, dict) else None
+        if not (isinstance(generation, str) and len(generation) == 16 and _HEX.issuperset(generation)) or not _count(
+            txid
+        ):
+            raise bad("no valid seal")
+        return cls(database, since, (int(generation, 16), txid))
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64
 
 
 def read_owner(client: ReplicaClient) -> Owner | None:
@@ -75,8 +104,11 @@ def read_owner(client: ReplicaClient) -> Owner | None:
     return Owner.decode(data, client.url.rstrip("/"))
 
 
-def claim(client: ReplicaClient, database: str, *, takeover: bool = False) -> None:
-    """Make sure the replica belongs to `database`: record it if unclaimed, refuse if another owns it."""
+def claim(client: ReplicaClient, database: str, *, takeover: bool = False) -> Seal | None:
+    """Make sure the replica belongs to `database`: record it if unclaimed, refuse if another owns it.
+
+    Returns the seal the record carried (the last writer's clean stop), which is removed: we may write now.
+    """
     try:
         owner = read_owner(client)
     except CorruptOwnerRecord:
@@ -84,7 +116,9 @@ def claim(client: ReplicaClient, database: str, *, takeover: bool = False) -> No
             raise
         owner = None
     if owner is not None and owner.database == database:
-        return
+        if owner.sealed is not None:
+            client.put(OWNER_KEY, replace(owner, sealed=None).encode())
+        return owner.sealed
     if owner is not None and not takeover:
         raise ReplicaOwnedElsewhere(
             f"{client.url} belongs to the database {owner.database}, not to {database}: two databases must "
@@ -96,3 +130,13 @@ def claim(client: ReplicaClient, database: str, *, takeover: bool = False) -> No
         log.warning("%s: taken over from the database %s (--takeover)", client.url, owner.database)
     else:
         log.info("%s: recorded as the replica of %s", client.url, database)
+    return None
+
+
+def seal(client: ReplicaClient, database: str, at: Seal) -> bool:
+    """Record a clean stop at `at` (generation, txid) in a replica that is still ours; False if it is not."""
+    owner = read_owner(client)
+    if owner is None or owner.database != database:
+        return False
+    client.put(OWNER_KEY, replace(owner, sealed=at).encode())
+    return True

@@ -62,7 +62,7 @@ from .sqlite import (
     opened_elsewhere,
     remove_stale_wal,
 )
-from .state import ShipperState, StateDir, WalPosition
+from .state import ShipperState, StateDir, WalPosition, digest
 from .storage import ReplicaClient
 from .uploader import Outbox, Uploader, inventory
 from .walfile import WalFile
@@ -138,6 +138,7 @@ class Replicator:
         self.following = threading.Event()  # set once the database is followed, or waited for (supervise.py)
         self._stop_seen: float | None = None  # when we were told to stop (the grace period runs from there)
         self._captured_us = 0  # when the final capture read the WAL: the final line's "up to"
+        self._seals: dict[str, ownership.Seal | None] = {}  # per replica URL: where its last writer stopped
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -198,12 +199,15 @@ class Replicator:
         return True
 
     def _list_replicas(self) -> dict[str, set[ObjectKey] | None]:
-        """What each replica holds (one LIST), checking it belongs to this database; None if unreachable."""
+        """What each replica holds (one LIST), checking it belongs to this database; None if unreachable.
+
+        Claiming takes the last writer's seal off each replica (ownership.py): what it said is in _seals.
+        """
         listings: dict[str, set[ObjectKey] | None] = {}
         for client in self.clients:
             try:
                 listings[client.url] = inventory(client)
-                ownership.claim(client, str(self.db_path), takeover=self.takeover)
+                self._seals[client.url] = ownership.claim(client, str(self.db_path), takeover=self.takeover)
             except TransientStorageError as exc:
                 log.error("cannot reach %s (%s); replicating to the others meanwhile", client.url, exc)
                 listings[client.url] = None
@@ -268,12 +272,16 @@ class Replicator:
         if reason is None and listings is not None:
             assert state is not None
             reason = next((p for c in self.clients if (p := self._other_writer(state, c, listings[c.url]))), None)
+        if reason is None and state is not None and state.wal is None:
+            reason = self._unsealed(state, listings)
         if reason is None:
-            assert state is not None and state.wal is not None
+            assert state is not None
             self.state, self.cursor = state, state.wal
-            self.life = self.wal_file.header()
+            self.life = self.wal_file.header() if state.wal is not None else None
+            self.armed = state.wal is None  # restored: whatever the WAL holds came after txid (see _restored)
             self.outbox.set_head(state.generation, state.txid)
-            log.info("continuing generation %016x at txid %d", state.generation, state.txid)
+            how = "" if state.wal is not None else " (the restored file; no new snapshot needed)"
+            log.info("continuing generation %016x at txid %d%s", state.generation, state.txid, how)
             try:
                 self._capture()
                 self._repin()
@@ -300,13 +308,43 @@ class Replicator:
         assert self.db is not None
         if state.page_size != self.db.page_size():
             return "the page size changed"
+        if state.wal is None:
+            return self._restored_problem(state)
         header = self.wal_file.header()
-        if state.wal is None or header is None or header.salt != state.wal.salt:
+        if header is None or header.salt != state.wal.salt:
             return "the WAL was restarted or truncated while the replicator was not running"
         if state.wal.frames:
             stored = self.wal_file.frame_header(header, state.wal.frames - 1)
             if stored.salt != header.salt or stored.checksum != state.wal.checksum:
                 return "the WAL was rewritten while the replicator was not running"
+        return None
+
+    def _restored_problem(self, state: ShipperState) -> str | None:
+        """Whether a restore's state (no WAL position) still describes the file: its digest says so.
+
+        We hold the pin. If the WAL is empty, the pin holds read lock 0, which no checkpoint can pass: the file
+        cannot change while we read it. If the app has written meanwhile, the file equal to the restored one
+        means nothing was copied into it, so every committed frame in the WAL came after txid: the chain
+        continues from the WAL's first frame (armed). A torn read can only disagree: a new generation.
+        """
+        if state.restored_digest is None:
+            return "the WAL was restarted or truncated while the replicator was not running"
+        assert self.db is not None
+        if digest(self.db.read_file, self.db.file_size()) != state.restored_digest:
+            return "the database file changed since it was restored"
+        return None
+
+    def _unsealed(self, state: ShipperState, listings: dict[str, set[ObjectKey] | None] | None) -> str | None:
+        """A restored file continues its generation only where every replica's last writer stopped cleanly
+        exactly there (ownership.py's seal): otherwise that writer may still be shipping the generation."""
+        for client in self.clients:
+            if listings is None or listings.get(client.url) is None:
+                return f"{client.url} could not be asked whether generation {state.generation:016x} ended there"
+            if self._seals.get(client.url) != (state.generation, state.txid):
+                return (
+                    f"restored generation {state.generation:016x} at txid {state.txid}, but {client.url} does not "
+                    "show that its writer stopped cleanly there (still running, or it crashed)"
+                )
         return None
 
     def _other_writer(self, state: ShipperState, client: ReplicaClient, held: set[ObjectKey] | None) -> str | None:
@@ -880,12 +918,21 @@ class Replicator:
                 *head,
             )
             return
+        self._seal(head)
         log.info(
             "stopped: every replica of %s has everything committed up to %s (generation %016x, txid %d)",
             self.db_path,
             format_time(self._captured_us),
             *head,
         )
+
+    def _seal(self, head: tuple[int, int]) -> None:
+        """Tell the next writer (a redeploy's restored copy) that this generation stopped here, proven."""
+        for client in self.clients:
+            try:
+                ownership.seal(client, str(self.db_path), head)
+            except ReplicatorError as exc:
+                log.warning("%s: could not record the clean stop (%s); a restored copy starts afresh", client.url, exc)
 
 
 class _Discontinuity(Exception):

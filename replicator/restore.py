@@ -32,6 +32,7 @@ from . import keys
 from .errors import ReplicatorError, TransientStorageError
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .segment import Readable, SegmentReader
+from .state import file_digest, record_restored
 from .storage import ReplicaClient
 from .storage.file import fsync_dir
 
@@ -215,11 +216,12 @@ def apply_plan(
     *,
     parallelism: int = 8,
     progress: Progress | None = None,
-) -> None:
-    """Build the database of `plan` at `output`, which must not exist yet.
+) -> str:
+    """Build the database of `plan` at `output`, which must not exist yet; returns its sha256 (hex).
 
     The snapshot streams through one resumable GET, read ahead of decompression; segments are fetched by
     `parallelism` threads while they are applied strictly in order. Memory stays bounded whatever the size.
+    The digest is what lets replication continue the restored generation (state.record_restored).
     """
     output = output.absolute()
     check_output(output)
@@ -231,14 +233,14 @@ def apply_plan(
     tmp = Path(tmp_name)
     fetch = _Fetcher(client, output.parent, max(1, parallelism), progress)
     try:
-        _build(fetch, plan, fd, tmp, output)
+        return _build(fetch, plan, fd, tmp, output)
     except OSError as exc:  # our own writes: a full disk, a vanished directory, an odd file system
         raise RestoreError(f"cannot write {output}: {exc.strerror or exc}; nothing was left behind") from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _build(fetch: _Fetcher, plan: RestorePlan, fd: int, tmp: Path, output: Path) -> None:
+def _build(fetch: _Fetcher, plan: RestorePlan, fd: int, tmp: Path, output: Path) -> str:
     """Stream the plan into `tmp` (open as `fd`), verify it, and link it into place as `output`."""
     with os.fdopen(fd, "r+b") as f, fetch:
         snapshot = fetch.stream(plan.snapshot)
@@ -252,12 +254,15 @@ def _build(fetch: _Fetcher, plan: RestorePlan, fd: int, tmp: Path, output: Path)
                 _apply_segment(SegmentReader(body, seg.key, expect=seg), f)
         f.flush()
         os.fsync(f.fileno())
-    _check_integrity(tmp)
+    with ThreadPoolExecutor(1, thread_name_prefix="digest") as pool:  # on the other core, meanwhile
+        digest = pool.submit(file_digest, tmp)
+        _check_integrity(tmp)
     os.chmod(tmp, 0o666 & ~_umask())  # as the app's own file would be (mkstemp makes it 0600)
     for suffix in ("-wal", "-shm"):
         Path(f"{output}{suffix}").unlink(missing_ok=True)
     os.link(tmp, output)  # fails rather than replacing an output that appeared meanwhile
     fsync_dir(output.parent)
+    return digest.result()
 
 
 def _umask() -> int:
@@ -433,5 +438,12 @@ def restore(client: ReplicaClient, output: Path, *, parallelism: int = 8, **targ
     check_output(output.absolute())
     listing = list_replica(client)
     plan = plan_restore(listing.objects, now_us=time.time_ns() // 1000, **target)
-    apply_plan(client, plan, output, parallelism=parallelism)
+    digest = apply_plan(client, plan, output, parallelism=parallelism)
+    if not any(v is not None for v in target.values()):
+        leave_state(output, plan, digest)
     return plan
+
+
+def leave_state(output: Path, plan: RestorePlan, digest: str) -> bool:
+    """After a restore of the latest state: let `replicate` continue its generation (state.record_restored)."""
+    return record_restored(output, plan.generation, plan.txid, plan.snapshot.time_us, digest)

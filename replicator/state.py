@@ -1,7 +1,9 @@
 """Local state, kept next to the database in `.<db name>-replicator/` (e.g. `.app.db-replicator/`).
 
     lock                 held (flock) by the one replicator of this database; holds its PID
-    state.json           where the shipper is: generation, last txid, WAL life (salts) and position in it
+    state.json           where the shipper is: generation, last txid, WAL life (salts) and position in it;
+                         also left by a restore of the latest state (record_restored), so that replication
+                         of the restored file continues its generation instead of taking a new snapshot
     spool/generations/…  objects captured but not yet uploaded to every replica (same layout as a replica)
 
 Everything is written atomically (temporary file, fsync, rename), so a kill -9 leaves either the old or
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,9 @@ class ShipperState:
     inode: int
     wal: WalPosition | None  # None: there was no WAL when we started this generation
     last_snapshot_us: int
+    # Set by a restore, while `wal` is None: the sha256 of the file it wrote, which proves the file is
+    # exactly txid of generation (replicate.py checks it before continuing the generation from there).
+    restored_digest: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,3 +142,66 @@ class StateDir:
 
     def save(self, state: ShipperState) -> None:
         _write_json(self.path / "state.json", state.to_json())
+
+
+def digest(read: Callable[[int, int], bytes], size: int) -> str:
+    """The sha256 of `size` bytes read as `read(offset, length)` (about 1.4 GB/s; hashing releases the GIL).
+
+    Through a reader, so that the replicator hashes the database through the descriptor it already holds:
+    opening and closing another would drop SQLite's locks (sqlite.py, rule 3).
+    """
+    h = hashlib.sha256()
+    for offset in range(0, size, _DIGEST_CHUNK):
+        h.update(read(offset, min(_DIGEST_CHUNK, size - offset)))
+    return h.hexdigest()
+
+
+_DIGEST_CHUNK = 1 << 20
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file nobody else has open (the restore's own output)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return digest(lambda offset, length: os.pread(fd, length, offset), os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def record_restored(db_path: Path, generation: int, txid: int, snapshot_us: int, digest: str) -> bool:
+    """Leave the state that lets `replicate` continue a just-restored file's generation at `txid`.
+
+    Returns False (and leaves nothing) when a replicator holds the state directory: it decides for itself.
+    The state is only a claim: replicate.py proves it against the file (`digest`) and the replicas (the
+    last writer's seal) before continuing, and starts a new generation if anything disagrees.
+    """
+    db_path = db_path.resolve()
+    state_dir = StateDir(db_path)
+    try:
+        state_dir.lock()
+    except ReplicatorError:
+        return False
+    try:
+        st = os.stat(db_path)
+        with open(db_path, "rb") as f:
+            head = f.read(100)
+        page_size = int.from_bytes(head[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        state_dir.save(
+            ShipperState(
+                generation=generation,
+                txid=txid,
+                db_size=st.st_size // page_size,
+                page_size=page_size,
+                device=st.st_dev,
+                inode=st.st_ino,
+                wal=None,
+                last_snapshot_us=snapshot_us,
+                restored_digest=digest,
+            )
+        )
+        return True
+    except OSError:
+        return False
+    finally:
+        state_dir.unlock()

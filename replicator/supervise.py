@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .replicate import Replicator, run_all
-from .restore import ReplicaEmpty, RestorePlan, apply_plan, list_replica, output_exists, plan_restore
+from .restore import ReplicaEmpty, RestorePlan, apply_plan, leave_state, list_replica, output_exists, plan_restore
 from .storage import ReplicaClient
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def restore_if_missing(db: Path, clients: Sequence[ReplicaClient]) -> RestorePla
         except ReplicaEmpty:
             continue
         db.parent.mkdir(parents=True, exist_ok=True)
-        apply_plan(client, plan, db)
+        leave_state(db, plan, apply_plan(client, plan, db))
         log.info("restored %s from %s: generation %016x, txid %d", db, client.url, plan.generation, plan.txid)
         return plan
     log.info("%s does not exist and no replica holds data: the app starts with a new database", db)

@@ -177,6 +177,18 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """One `replicator ARGS` command, run to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "replicator_cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
 def rows(db: Path) -> list[tuple[object, ...]]:
     conn = sqlite3.connect(db)
     try:

@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from replicator.ownership import OWNER_KEY, CorruptOwnerRecord, Owner, ReplicaOwnedElsewhere, claim, read_owner
+from replicator.ownership import (
+    OWNER_KEY,
+    CorruptOwnerRecord,
+    Owner,
+    ReplicaOwnedElsewhere,
+    claim,
+    read_owner,
+    seal,
+)
 from replicator.storage import MemoryClient
 
 
@@ -53,6 +61,9 @@ def test_takeover_records_the_new_database() -> None:
         json.dumps({"format": 1, "database": "/a", "since_us": True}).encode(),
         json.dumps({"format": 1, "database": "/" + "a" * 5000, "since_us": 1}).encode(),
         b" " * (17 << 10),
+        json.dumps({"format": 1, "database": "/a", "since_us": 1, "sealed": {"generation": "xyz", "txid": 1}}).encode(),
+        json.dumps({"format": 1, "database": "/a", "since_us": 1, "sealed": {"generation": "0" * 16}}).encode(),
+        json.dumps({"format": 1, "database": "/a", "since_us": 1, "sealed": [1, 2]}).encode(),
     ],
 )
 def test_a_record_that_is_not_ours_is_refused_and_never_printed(data: bytes) -> None:
@@ -68,3 +79,26 @@ def test_a_record_that_is_not_ours_is_refused_and_never_printed(data: bytes) -> 
 def test_a_record_round_trips() -> None:
     owner = Owner("/data/app.db", 1_700_000_000_000_000)
     assert Owner.decode(owner.encode(), "x") == owner
+
+
+def test_a_sealed_record_round_trips() -> None:
+    owner = Owner("/data/app.db", 1_700_000_000_000_000, sealed=(0x0123456789ABCDEF, 42))
+    assert Owner.decode(owner.encode(), "x") == owner
+
+
+def test_a_clean_stop_seals_the_record_and_the_next_claim_takes_the_seal_off() -> None:
+    client = MemoryClient()
+    claim(client, "/data/app.db")
+    assert seal(client, "/data/app.db", (7, 99))
+    assert claim(client, "/data/app.db") == (7, 99)  # the next writer learns where the last one stopped
+    owner = read_owner(client)
+    assert owner is not None and owner.sealed is None  # and nobody else can continue from there
+    assert claim(client, "/data/app.db") is None
+
+
+def test_a_replica_taken_over_by_another_database_is_not_sealed() -> None:
+    client = MemoryClient()
+    claim(client, "/data/other.db")
+    assert not seal(client, "/data/app.db", (7, 99))
+    owner = read_owner(client)
+    assert owner is not None and owner.sealed is None

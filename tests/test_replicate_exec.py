@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Replica
-from harness import Replicator, Writer, restored_rows, rows, started, wipe_local
+from harness import Replicator, Writer, cli, generations, restored_rows, rows, snapshots, started, wipe_local
 
 OPTIONS = ("--sync-interval", "200ms")
 
@@ -72,6 +73,57 @@ def test_a_missing_database_is_restored_before_the_app_starts(
     assert "restored" in repl.output
     repl.check_claims()
     assert len(restored_rows(file_replica.client, tmp_path)) == 150
+
+
+def test_a_restored_database_continues_its_generation_without_a_new_snapshot(
+    app_db: Path, replica: Replica, tmp_path: Path
+) -> None:
+    replicated_then_wiped(app_db, replica, 120)
+    (generation,) = generations(replica.client)
+    before = snapshots(replica.client)
+
+    repl = supervised(app_db, replica, app_command(app_db, tmp_path / "seen", count=30)).start()
+    assert repl.wait(60) == 0, repl.output
+    assert f"continuing generation {generation:016x} at txid" in repl.output
+    assert generations(replica.client) == {generation}
+    assert snapshots(replica.client) == before  # the boot uploaded only the app's new transactions
+    repl.check_claims()
+    assert len(restored_rows(replica.client, tmp_path)) == 150
+
+
+def test_a_restored_database_changed_before_replication_starts_a_new_generation(
+    app_db: Path, file_replica: Replica, tmp_path: Path
+) -> None:
+    replicated_then_wiped(app_db, file_replica, 50)
+    done = cli("restore", file_replica.url, "-o", str(app_db))
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(app_db) as conn:  # the app, run before the replicator, closes cleanly: a checkpoint
+        conn.execute("INSERT INTO t VALUES (999, randomblob(100), 'early')")
+    conn.close()
+
+    repl = Replicator(app_db, [file_replica.url], OPTIONS).start()
+    assert repl.stop() == 0, repl.output
+    assert "the database file changed since it was restored" in repl.output
+    assert len(generations(file_replica.client)) == 2
+    assert restored_rows(file_replica.client, tmp_path) == rows(app_db)
+
+
+def test_a_database_restored_after_its_writer_was_killed_starts_a_new_generation(
+    app_db: Path, file_replica: Replica, tmp_path: Path
+) -> None:
+    """Without a clean stop on record, the old writer may still be shipping: continuing could fork its chain."""
+    first = Replicator(app_db, [file_replica.url], OPTIONS).start()
+    Writer(app_db, app_db.parent / "commits.log").start(count=50, rate=500).wait()
+    time.sleep(1.0)
+    first.kill()
+    wipe_local(app_db)
+
+    repl = supervised(app_db, file_replica, app_command(app_db, tmp_path / "seen", count=10)).start()
+    assert repl.wait(60) == 0, repl.output
+    assert "does not show that its writer stopped cleanly" in repl.output
+    assert len(generations(file_replica.client)) == 2
+    repl.check_claims()
+    assert restored_rows(file_replica.client, tmp_path) == rows(app_db)
 
 
 def test_a_first_boot_on_an_empty_replica_just_starts_the_app(

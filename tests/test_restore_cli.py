@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from conftest import Replica, S3Server, tmpfs
-from harness import Replicator, Writer, generations, restored_rows, rows
+from harness import Replicator, Writer, cli, generations, restored_rows, rows
 
 from replicator import keys, segment
 from replicator.errors import TransientStorageError
@@ -42,17 +42,6 @@ def restore_measuring_rss(*args: str) -> tuple[subprocess.CompletedProcess[str],
         [sys.executable, "-c", PEAK_RSS_OF_CLI, "restore", *args], capture_output=True, text=True, check=False
     )
     return done, int(done.stderr.split("VmHWM:")[1].split()[0])
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replicator_cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-        check=False,
-    )
 
 
 def rfc3339(t: float) -> str:
@@ -110,7 +99,8 @@ def test_boot_on_a_wiped_disk_restores_the_database(replicated: tuple[Path, File
     done = cli("restore", str(client.root), "-o", str(out_dir / "app.db"), "--if-db-not-exists", "--if-replica-exists")
     assert done.returncode == 0, done.stderr
     assert rows(out_dir / "app.db") == rows(db)
-    assert sorted(p.name for p in out_dir.iterdir()) == ["app.db"]
+    # Beside it, the state that lets `replicate` continue the generation instead of uploading a snapshot.
+    assert sorted(p.name for p in out_dir.iterdir()) == [".app.db-replicator", "app.db"]
 
 
 def test_restore_reads_the_replica_from_a_config_file(replicated: tuple[Path, FileClient], tmp_path: Path) -> None:

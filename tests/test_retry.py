@@ -37,9 +37,9 @@ class Flaky(MemoryClient):
         self._maybe_fail()
         super().put(key, data)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str = "", limit: int | None = None) -> Iterator[ObjectInfo]:
         self._maybe_fail()
-        return super().list(prefix)
+        return super().list(prefix, start_after=start_after, limit=limit)
 
 
 def retrying(inner: Flaky, attempts: int = 4) -> tuple[RetryingClient, list[float]]:

@@ -59,6 +59,15 @@ def test_list_is_sorted_filtered_and_complete(client: ReplicaClient) -> None:
     assert list(client.list("generations/g1/segments/0001")) != []
 
 
+def test_list_starts_after_a_key_and_stops_at_the_limit(client: ReplicaClient) -> None:
+    for name in ("a/1", "a/2", "a/3", "a/4", "b/1"):
+        client.put(name, b"x")
+    assert [o.key for o in client.list("a/", start_after="a/2")] == ["a/3", "a/4"]
+    assert [o.key for o in client.list("a/", start_after="a/1~")] == ["a/2", "a/3", "a/4"]  # need not exist
+    assert [o.key for o in client.list("", start_after="a/1", limit=2)] == ["a/2", "a/3"]
+    assert [o.key for o in client.list("a/", limit=1)] == ["a/1"]
+
+
 def test_listing_an_empty_replica_finds_nothing(client: ReplicaClient) -> None:
     assert list(client.list()) == []
     assert list(client.list("generations/")) == []

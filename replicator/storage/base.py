@@ -33,8 +33,12 @@ class ReplicaClient(Protocol):
         """Where this client points, safe to print (never includes credentials)."""
         ...
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Objects whose key starts with `prefix`, in lexical key order. A missing root lists nothing."""
+    def list(self, prefix: str = "", *, start_after: str = "", limit: int | None = None) -> Iterator[ObjectInfo]:
+        """Objects whose key starts with `prefix`, in lexical key order. A missing root lists nothing.
+
+        Only keys after `start_after` (lexically) are listed, and at most `limit` of them: a probe of what
+        lies beyond a known point costs one request, however much the replica holds.
+        """
         ...
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -61,6 +65,12 @@ class ReplicaClient(Protocol):
         ...
 
     def exists(self, key: str) -> bool: ...
+
+
+def after(listing: list[ObjectInfo], start_after: str, limit: int | None) -> list[ObjectInfo]:
+    """A sorted listing cut as `list(start_after=, limit=)` asks, for backends that list everything first."""
+    kept = [o for o in listing if o.key > start_after] if start_after else listing
+    return kept if limit is None else kept[:limit]
 
 
 def check_key(key: str) -> str:

@@ -17,7 +17,7 @@ from ..errors import (
     StorageError,
     TransientStorageError,
 )
-from .base import Body, ObjectInfo, Readable, check_key
+from .base import Body, ObjectInfo, Readable, after, check_key
 
 _TEMP_PREFIX = ".tmp-"  # never a valid key segment, so never listed
 
@@ -33,7 +33,7 @@ class FileClient:
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str = "", limit: int | None = None) -> Iterator[ObjectInfo]:
         # Walk only below the deepest directory the prefix names.
         head, _, _ = prefix.rpartition("/")
         start = self.root.joinpath(*head.split("/")) if head else self.root
@@ -49,7 +49,7 @@ class FileClient:
                     if key.startswith(prefix):
                         found.append(ObjectInfo(key, os.stat(os.path.join(dirpath, name)).st_size))
         found.sort(key=lambda o: o.key)
-        return iter(found)
+        return iter(after(found, start_after, limit))
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(key)

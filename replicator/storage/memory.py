@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterable, Iterator
 
 from ..errors import ObjectNotFound
-from .base import Body, ObjectInfo, Readable, check_key
+from .base import Body, ObjectInfo, Readable, after, check_key
 
 
 class MemoryClient:
@@ -20,10 +20,10 @@ class MemoryClient:
     def url(self) -> str:
         return f"memory://{self._name}"
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str = "", limit: int | None = None) -> Iterator[ObjectInfo]:
         with self._lock:
             items = sorted((k, len(v)) for k, v in self._objects.items() if k.startswith(prefix))
-        return iter([ObjectInfo(k, n) for k, n in items])
+        return iter(after([ObjectInfo(k, n) for k, n in items], start_after, limit))
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         with self._lock:

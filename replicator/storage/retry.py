@@ -55,8 +55,8 @@ class RetryingClient:
                     before_retry()
         raise AssertionError("unreachable")
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return iter(self._call(lambda: list(self.inner.list(prefix))))
+    def list(self, prefix: str = "", *, start_after: str = "", limit: int | None = None) -> Iterator[ObjectInfo]:
+        return iter(self._call(lambda: list(self.inner.list(prefix, start_after=start_after, limit=limit))))
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.get(key, offset, length))

@@ -84,13 +84,16 @@ class S3Client:
     def url(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str = "", limit: int | None = None) -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(
-            Bucket=self.bucket,
-            Prefix=self.prefix + prefix,
-            PaginationConfig={"PageSize": self._page_size},
-        )
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        if start_after:
+            args["StartAfter"] = self.prefix + start_after
+        if limit is None:
+            pages = paginator.paginate(**args, PaginationConfig={"PageSize": self._page_size})
+        else:  # one request when the limit fits in a page
+            page_size = max(1, min(limit, self._page_size))
+            pages = paginator.paginate(**args, PaginationConfig={"PageSize": page_size, "MaxItems": limit})
         with _classified(f"list {self.url}{prefix}"):
             found = [
                 ObjectInfo(obj["Key"][len(self.prefix) :], obj["Size"])
