@@ -101,6 +101,15 @@ def parse_listing(names: Iterable[str]) -> tuple[list[ObjectKey], list[str]]:
     return ours, foreign
 
 
+def past_segments(generation: int, txid: int) -> str:
+    """A key that sorts after every segment of `generation` starting at or before `txid`, and before the rest.
+
+    A LIST from there shows segments of the generation that reach past `txid`, then the generation's
+    snapshots, then every newer generation: all a probe needs to spot a second writer (uploader.py).
+    """
+    return f"{generation_prefix(generation)}segments/{_hex(txid)}~"
+
+
 def new_generation_id(now_ms: int | None = None) -> int:
     """A time-sortable id: 48 bits of Unix milliseconds, then 16 random bits."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms

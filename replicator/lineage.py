@@ -69,6 +69,38 @@ def prove_chain(held: Iterable[ObjectKey], generation: int, txid: int) -> ChainP
     return ChainProof(generation, end, ReplicaProblem.BROKEN_CHAIN if past_gap else None)
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeFinding:
+    """What a probe found wrong, with the generation and txid it saw where another writer is the cause."""
+
+    problem: ReplicaProblem
+    generation: int  # the other writer's generation (ours for UNSHIPPED), or ours
+    txid: int  # the furthest txid it saw of that generation
+
+
+def probe(
+    listed: Iterable[ObjectKey], generation: int, txid: int, base: SnapshotKey | None, *, complete: bool = True
+) -> ProbeFinding | None:
+    """Judge a listing that starts past our chain's end (keys.past_segments): it must hold nothing of ours
+    we never shipped, no newer generation (rule 2), and still the snapshot our chain hangs from (unless the
+    listing was cut short before it could show it: not `complete`)."""
+    items = list(listed)
+    newer = [k for k in items if k.generation > generation]
+    if newer:
+        theirs = max(k.generation for k in newer)
+        return ProbeFinding(ReplicaProblem.NEWER_GENERATION, theirs, _reach(k for k in newer if k.generation == theirs))
+    unshipped = [k for k in items if beyond(k, generation, txid)]
+    if unshipped:
+        return ProbeFinding(ReplicaProblem.UNSHIPPED, generation, _reach(unshipped))
+    if base is not None and complete and base not in items:
+        return ProbeFinding(ReplicaProblem.BROKEN_CHAIN, generation, txid)
+    return None
+
+
+def _reach(found: Iterable[ObjectKey]) -> int:
+    return max(chain_order(k)[1] for k in found)
+
+
 def beyond(key: ObjectKey, generation: int, txid: int) -> bool:
     """Whether `key` is of `generation` and reaches past `txid`: something a chain that ends there never held."""
     return key.generation == generation and chain_order(key) > chain_order(SnapshotKey(generation, txid, 0))

@@ -70,6 +70,7 @@ from .walfile import WalFile
 log = logging.getLogger(__name__)
 
 IDLE_CHECKPOINT_AFTER = 0.2  # seconds without a commit before we empty the WAL (see the module docstring)
+WAL_KEEP_BYTES = 4 << 20  # a quiet app's -wal file larger than this (after a burst) is cut to zero bytes
 EXCLUSIVE_UNCERTAIN_AFTER = 15.0  # an EXCLUSIVE lock with no journal written lasting this long is the pragma
 
 
@@ -131,6 +132,8 @@ class Replicator:
         self._last_news = 0.0  # when we last shipped (the loop polls faster while the app is writing)
         self._last_checkpoint = 0.0
         self._idle_checkpoint_wait = 1.0  # backoff while an app reader keeps the WAL from emptying
+        self._truncate_at = 0.0  # when the -wal file may next be cut back (_truncate_wal)
+        self._truncate_wait = 1.0  # backoff while an app reader keeps it from being cut
         self._gone: str | None = None  # why we let go of the file: the next generation's reason
         self._generation_wanted: str | None = None  # a generation start that could not be written yet
         self._spool_trouble: str | None = None  # the spool write that keeps failing, said once
@@ -474,6 +477,8 @@ class Replicator:
             self._flush()  # the spool has room again: ship what waited, without waiting for a commit
         elif not news and not self.armed and self._idle_checkpoint_due():
             self._checkpoint(quiet=True)  # the app is quiet: empty the WAL (see the module docstring)
+        elif not news and self.armed and self._wal_oversized():
+            self._truncate_wal()
         if self.outbox.take_snapshot_request():
             log.info("a replica needs a new base: taking a snapshot for it")
             try:
@@ -660,6 +665,25 @@ class Replicator:
                 and (cursor is None or (index.salt == cursor.salt and index.max_frame == cursor.frames))
             )
         self._flush()
+
+    def _truncate_wal(self) -> None:
+        """After a burst, give the -wal file's space back (sqlite.py's truncate_wal): the WAL is wholly in the
+        database and we hold read lock 0, so the app's next commit starts a life that continues our chain."""
+        assert self.db is not None and self.state is not None
+        size = self.db.wal_size()
+        if not self.db.truncate_wal():
+            self._truncate_wait = min(self._truncate_wait * 2, 60.0)  # an app reader is still on the WAL
+            self._truncate_at = time.monotonic() + self._truncate_wait
+            return
+        self._truncate_wait = 1.0
+        self.life, self.cursor, self.armed = None, None, True
+        log.info("the app is quiet: cut %s-wal from %.1f MB to 0 (its size after a burst)", self.db_path, size / 1e6)
+        self._commit(None, None, replace(self.state, wal=None))
+
+    def _wal_oversized(self) -> bool:
+        assert self.db is not None
+        quiet = time.monotonic() - self._last_news >= IDLE_CHECKPOINT_AFTER
+        return quiet and time.monotonic() >= self._truncate_at and self.db.wal_size() > WAL_KEEP_BYTES
 
     def _checkpoint_due(self) -> bool:
         failing = self._spool_trouble is not None  # keep the pages in the WAL until the spool takes them

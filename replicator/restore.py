@@ -1,6 +1,6 @@
 """Rebuilding a database from a replica: a pure plan from the listing, then a verified, atomic apply.
 
-Plan (no I/O): pick the generation (newest by last write, or the one covering the target time), its newest
+Plan (no I/O): pick the generation (the newest, or the one covering the target time), its newest
 snapshot at or before the target, and the unbroken chain of segments after it up to the target. A gap in
 the chain is an error, never a silent older state.
 
@@ -101,7 +101,7 @@ def plan_restore(
             )
         chosen = max(candidates, key=lambda g: (started[g], g))
     else:
-        chosen = max(based, key=lambda g: (_last_write(based[g]), g))
+        chosen = max(based)  # the newest: a writer that sees a newer generation than its own stops (lineage.py)
 
     items = based[chosen]
     latest = max(k.txid if isinstance(k, SnapshotKey) else k.last_txid for k in items)

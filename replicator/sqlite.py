@@ -10,7 +10,8 @@ Rules:
    drops every lock a process holds on a file when any descriptor of that file is closed, which would
    silently release SQLite's locks, the pin included. Database opens each once and reads through it.
 4. Our connections never checkpoint on close (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE) and never auto-checkpoint:
-   checkpoints happen only where replicate.py decides, as PASSIVE ones, which never wait on the app.
+   checkpoints happen only where replicate.py decides, as PASSIVE ones, which never wait on the app, and
+   one TRUNCATE when an idle app's WAL is wholly copied but large (it waits at most the lock timeout).
 """
 
 from __future__ import annotations
@@ -305,6 +306,26 @@ class Database:
         busy, frames, backfilled = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
         assert isinstance(busy, int) and isinstance(frames, int) and isinstance(backfilled, int)
         return busy, frames, backfilled
+
+    def truncate_wal(self) -> bool:
+        """Cut the -wal file to zero bytes once everything in it is in the database; True if it was.
+
+        A TRUNCATE checkpoint on the writer connection, while the pin holds read lock 0 (armed): it copies
+        nothing (the WAL is wholly in the file), waits at most the lock timeout for app readers still on
+        the WAL, and gives up if they stay. SQLite restarts the WAL header itself, so the app's next commit
+        starts a new life at frame 1, which the pin's lock 0 lets us continue (replicate.py). Without it the
+        file keeps its high-water size after a burst: SQLite only shrinks it for the connection that set
+        `journal_size_limit`, the app's, not ours.
+        """
+        with _busy_is(f"{self.path}: WAL in use"):
+            busy, frames, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0]
+        return busy == 0 and frames == 0
+
+    def wal_size(self) -> int:
+        try:
+            return os.stat(self.wal_path).st_size
+        except FileNotFoundError:
+            return 0
 
     # -- raw files ------------------------------------------------------------------------------------
 

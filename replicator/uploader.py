@@ -11,8 +11,11 @@ Rules:
 3. A spooled object is deleted only once every replica still served has it.
 4. While a replica is down, its uploader retries with capped backoff forever; what waits for it stays in
    the spool on disk, never in memory.
-5. While uploads flow, a replica is probed at most once per verify interval: one HEAD of the snapshot its
-   chain hangs from, which catches a wiped prefix or a re-created bucket. Idle, it costs nothing.
+5. While uploads flow, a replica is probed at most once per verify interval: one LIST from just past our
+   chain's end (keys.past_segments), which shows a wiped prefix or a re-created bucket (the snapshot our
+   chain hangs from is gone) and a second live writer (a newer generation, or transactions of ours we
+   never shipped: an overlapping deploy). The second is refused loudly, naming both generations: what we
+   ship next would not be restorable. Idle, it costs nothing.
 6. Stopping: drain the spool, then prove from a fresh LIST that the replica holds the chain up to the
    head; only a proven replica counts as having everything.
 7. Retention runs here, from the inventory of what this replica holds (kept current by our own
@@ -33,13 +36,14 @@ from collections.abc import Callable
 from . import keys, ownership
 from .errors import StorageError
 from .keys import ObjectKey, SnapshotKey, chain_order
-from .lineage import NOTHING, ChainProof, Position, base_snapshot, continues, prove_chain
+from .lineage import NOTHING, ChainProof, Position, base_snapshot, continues, probe, prove_chain
 from .retention import plan_retention
 from .storage import ReplicaClient
 from .storage.file import FileClient
 
 log = logging.getLogger(__name__)
 Head = tuple[int, int]  # (generation, txid): how far the capture loop has spooled
+PROBE_LIMIT = 1000  # keys in one probe LIST: one request on S3
 
 
 def inventory(client: ReplicaClient) -> set[ObjectKey]:
@@ -291,15 +295,37 @@ class Uploader(threading.Thread):
         self._probe()
 
     def _probe(self) -> None:
-        """Rule 5: does the replica still hold the snapshot its chain hangs from?"""
+        """Rule 5: is the replica still ours alone, and does it still hold the snapshot its chain hangs from?"""
         if self.clock() - self._last_probe < self.verify_interval:
             return
         self._last_probe = self.clock()
         assert self.held is not None
-        base = base_snapshot(self.held, self.position[0])
-        if base is not None and not self.client.exists(base.key):
-            log.warning("%s no longer holds %s (wiped or re-created?); checking it", self.client.url, base.key)
-            self._checked, self.held = False, None
+        generation, txid, _ = self.position
+        start = keys.past_segments(generation, txid)
+        names = [o.key for o in self.client.list(keys.GENERATIONS, start_after=start, limit=PROBE_LIMIT)]
+        listed, _ = keys.parse_listing(names)
+        found = probe(listed, generation, txid, base_snapshot(self.held, generation), complete=len(names) < PROBE_LIMIT)
+        if found is None:
+            return
+        if found.problem.other_writer:
+            self.refused = f"another replicator writes generation {found.generation:016x} there"
+            log.error(
+                "SECOND WRITER on %s: while this replicator ships generation %016x (txid %d), another one ships "
+                "generation %016x (txid %d): two live replicators of %s (an overlapping deploy, or a second "
+                "instance?). A restore takes only one of them; nothing more is shipped there from here. Stop one "
+                "of them (docs/DEPLOY.md)",
+                self.client.url,
+                generation,
+                txid,
+                found.generation,
+                found.txid,
+                self.database,
+            )
+            return
+        log.warning(
+            "%s no longer holds the snapshot its chain hangs from (wiped or re-created?); checking it", self.client.url
+        )
+        self._checked, self.held = False, None
 
     def _prove(self) -> bool:
         """Rule 6: True once a fresh LIST shows the replica holds the whole chain up to the head."""

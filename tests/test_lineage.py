@@ -5,9 +5,11 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from replicator import keys
 from replicator.keys import ObjectKey, SegmentKey, SnapshotKey, chain_order
-from replicator.lineage import NOTHING, ReplicaProblem, continues, prove_chain
+from replicator.lineage import NOTHING, ReplicaProblem, continues, probe, prove_chain
 from replicator.restore import ReplicaEmpty, RestoreError, plan_restore
+from replicator.storage import MemoryClient
 
 G = 5
 # Our chain in generation G, shipped up to txid 9: snapshots at 0 and 6, segments 1-3, 4-6, 7-9.
@@ -82,3 +84,41 @@ def test_what_is_proven_is_exactly_what_restore_would_restore(keep: list[bool]) 
         return
     if proof.problem is None:
         assert proof.txid == plan.txid
+
+
+def probed(held: list[ObjectKey], generation: int = G, txid: int = 9) -> list[ObjectKey]:
+    """What a probe LIST returns from a replica holding `held` (keys.past_segments, as the uploader lists)."""
+    client = MemoryClient()
+    for k in held:
+        client.put(k.key, b"")
+    start = keys.past_segments(generation, txid)
+    return [keys.parse(o.key) for o in client.list(keys.GENERATIONS, start_after=start)]
+
+
+def test_a_probe_of_our_own_chain_finds_nothing_wrong() -> None:
+    assert probe(probed(CHAIN), G, 9, SnapshotKey(G, 6, 25)) is None
+
+
+def test_a_probe_lists_none_of_the_segments_we_shipped() -> None:
+    assert probed(CHAIN) == [SnapshotKey(G, 0, 0), SnapshotKey(G, 6, 25)]
+
+
+def test_a_probe_names_a_newer_generation_and_how_far_it_reached() -> None:
+    theirs = [SnapshotKey(G + 3, 0, 40), SegmentKey(G + 3, 1, 12, 50)]
+    found = probe(probed([*CHAIN, *theirs]), G, 9, SnapshotKey(G, 6, 25))
+    assert found is not None
+    assert (found.problem, found.generation, found.txid) == (ReplicaProblem.NEWER_GENERATION, G + 3, 12)
+
+
+def test_a_probe_spots_transactions_of_our_generation_that_we_never_shipped() -> None:
+    found = probe(probed([*CHAIN, SegmentKey(G, 10, 11, 40)]), G, 9, SnapshotKey(G, 6, 25))
+    assert found is not None and found.problem is ReplicaProblem.UNSHIPPED and found.txid == 11
+
+
+def test_a_probe_notices_the_snapshot_our_chain_hangs_from_is_gone() -> None:
+    found = probe(probed(CHAIN[:3]), G, 9, SnapshotKey(G, 6, 25))
+    assert found is not None and found.problem is ReplicaProblem.BROKEN_CHAIN
+
+
+def test_a_probe_cut_short_by_its_limit_does_not_call_the_snapshot_gone() -> None:
+    assert probe([], G, 9, SnapshotKey(G, 6, 25), complete=False) is None

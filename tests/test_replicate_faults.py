@@ -8,6 +8,7 @@ against a restore of each replica (harness.Replicator.check_claims).
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -230,6 +231,34 @@ def test_a_second_database_on_a_replica_is_refused_unless_taken_over(tmp_path: P
     assert restored_rows(file_replica.client, tmp_path) == rows(two)
 
 
+def test_a_second_live_writer_is_found_while_running_and_named_with_both_generations(
+    tmp_path: Path, file_replica: Replica
+) -> None:
+    """An overlapping deploy: the old container still ships when the new one starts its own generation
+    (modelled by --takeover, which lets the second in as the same path in a new container would)."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old, new = tmp_path / "old" / "app.db", tmp_path / "new" / "app.db"
+    old_writer = writer_for(old).start(count=100_000, rate=50)
+    first = replicate(old, file_replica, "--verify-interval", "1s").start()
+    time.sleep(1.0)
+    writer_for(new).start(count=20, rate=500).wait()
+    second = replicate(new, file_replica, "--takeover").start()
+    (mine,) = set(GENERATION_STARTED.findall(first.output))
+    (theirs,) = set(GENERATION_STARTED.findall(second.output))
+
+    eventually(lambda: "SECOND WRITER" in first.output)
+    line = next(x for x in first.output.splitlines() if "SECOND WRITER" in x)
+    assert mine in line and theirs in line
+    old_writer.stop()
+    assert first.stop() != 0  # what it committed since is not restorable: no exit 0 for it
+    assert second.stop() == 0, second.output
+    assert restored_rows(file_replica.client, tmp_path) == rows(new)
+
+
+GENERATION_STARTED = re.compile(r"starting generation ([0-9a-f]{16})")
+
+
 def test_a_config_giving_two_databases_one_replica_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "replicator.yml"
     config.write_text(
@@ -352,6 +381,34 @@ def test_the_app_swapping_in_another_database_reads_and_ships_the_new_one(
     assert repl.stop() == 0, repl.output
     assert "replaced by another file" in repl.output, repl.output
     assert {r[2] for r in rows(app_db)} == {"swapped", "after"}
+    assert restored_rows(file_replica.client, tmp_path) == rows(app_db)
+
+
+BURST = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, payload BLOB, note TEXT)")
+conn.execute("BEGIN")
+for i in range(10_000, 16_000):
+    conn.execute("INSERT INTO t VALUES (?, randomblob(3000), 'burst')", (i,))
+conn.execute("COMMIT")
+conn.close()
+"""
+
+
+def test_after_a_burst_the_wal_file_is_cut_back_once_the_app_is_quiet(
+    app_db: Path, file_replica: Replica, tmp_path: Path
+) -> None:
+    writer_for(app_db).start(count=20, rate=500).wait()
+    repl = replicate(app_db, file_replica).start()
+    done = app(BURST, str(app_db))  # one 18 MB transaction: the WAL grows past it
+    assert done.returncode == 0, done.stderr
+    wal = Path(f"{app_db}-wal")
+    eventually(lambda: wal.stat().st_size == 0, timeout=15)
+    writer_for(app_db).start(count=30, rate=200, start=100).wait()  # the next life continues the chain
+    assert repl.stop() == 0, repl.output
+    assert "cut" in repl.output and len(generations(file_replica.client)) == 1, repl.output
     assert restored_rows(file_replica.client, tmp_path) == rows(app_db)
 
 
