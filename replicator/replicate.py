@@ -27,7 +27,9 @@ the database (first run, fresh container, lost or damaged state); database file 
 page size changed; the WAL restarted or truncated while we were not running or without our pin; the WAL's
 content disagreeing with SQLite's index; a replica holding objects of ours we never shipped or a newer
 generation (another writer). A replica that merely lacks the generation (new, wiped, re-created) gets a
-snapshot of the current one instead.
+snapshot of the current one instead. A file just restored (state.record_restored) continues its
+generation without a snapshot when it is byte for byte what the restore wrote and every replica's last
+writer sealed the generation exactly there (ownership.py); anything else is a new generation.
 """
 
 from __future__ import annotations
@@ -678,7 +680,7 @@ class Replicator:
         self._truncate_wait = 1.0
         self.life, self.cursor, self.armed = None, None, True
         log.info("the app is quiet: cut %s-wal from %.1f MB to 0 (its size after a burst)", self.db_path, size / 1e6)
-        self._commit(None, None, replace(self.state, wal=None))
+        self._commit(None, None, replace(self.state, wal=None, restored_digest=None))
 
     def _wal_oversized(self) -> bool:
         assert self.db is not None
