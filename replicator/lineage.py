@@ -13,7 +13,7 @@ Rules:
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from .keys import ObjectKey, SegmentKey, SnapshotKey, chain_order
@@ -79,21 +79,31 @@ class ProbeFinding:
 
 
 def probe(
-    listed: Iterable[ObjectKey], generation: int, txid: int, base: SnapshotKey | None, *, complete: bool = True
+    listed: Iterable[ObjectKey],
+    generation: int,
+    held: Collection[ObjectKey],
+    base: SnapshotKey | None,
+    *,
+    complete: bool = True,
 ) -> ProbeFinding | None:
-    """Judge a listing that starts past our chain's end (keys.past_segments): it must hold nothing of ours
-    we never shipped, no newer generation (rule 2), and still the snapshot our chain hangs from (unless the
-    listing was cut short before it could show it: not `complete`)."""
+    """Judge a listing of part of generation `generation` and everything after it (keys.past_segments).
+
+    Everything of our generation in it must be something we know the replica holds (`held`: what it listed
+    when we checked it, and what we uploaded since): another writer continuing our generation from the
+    same point (two copies restored from one seal) shows up as segments we never shipped, even at txids we
+    shipped too. No newer generation may exist (rule 2), and the snapshot our chain hangs from must still
+    be there, unless the listing was cut short before it could show it (not `complete`).
+    """
     items = list(listed)
     newer = [k for k in items if k.generation > generation]
     if newer:
         theirs = max(k.generation for k in newer)
         return ProbeFinding(ReplicaProblem.NEWER_GENERATION, theirs, _reach(k for k in newer if k.generation == theirs))
-    unshipped = [k for k in items if beyond(k, generation, txid)]
+    unshipped = [k for k in items if k.generation == generation and k not in held]
     if unshipped:
         return ProbeFinding(ReplicaProblem.UNSHIPPED, generation, _reach(unshipped))
     if base is not None and complete and base not in items:
-        return ProbeFinding(ReplicaProblem.BROKEN_CHAIN, generation, txid)
+        return ProbeFinding(ReplicaProblem.BROKEN_CHAIN, generation, base.txid)
     return None
 
 

@@ -126,6 +126,12 @@ def plan_restore(
     chain: list[SegmentKey] = []
     expected = snapshot.txid + 1
     for seg in segments:
+        if seg.first_txid < expected and (txid is None or seg.first_txid <= txid):
+            raise RestoreError(
+                f"generation {chosen:016x} forked at txid {seg.first_txid}: two replicators shipped different "
+                f"transactions from there ({seg.key} and {chain[-1].key if chain else snapshot.key}); restore "
+                f"--txid {seg.first_txid - 1} or another generation"
+            )
         if seg.first_txid != expected:
             # A gap matters if the target lies beyond it: then we must not stop short and call it done.
             needed = (txid is None or seg.first_txid <= txid) and (

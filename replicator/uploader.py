@@ -11,10 +11,11 @@ Rules:
 3. A spooled object is deleted only once every replica still served has it.
 4. While a replica is down, its uploader retries with capped backoff forever; what waits for it stays in
    the spool on disk, never in memory.
-5. While uploads flow, a replica is probed at most once per verify interval: one LIST from just past our
-   chain's end (keys.past_segments), which shows a wiped prefix or a re-created bucket (the snapshot our
-   chain hangs from is gone) and a second live writer (a newer generation, or transactions of ours we
-   never shipped: an overlapping deploy). The second is refused loudly, naming both generations: what we
+5. While uploads flow, a replica is probed right after the first upload and then at most once per verify
+   interval: one LIST from where the last probe (or check) left off (keys.past_segments), which shows a
+   wiped prefix or a re-created bucket (the snapshot our chain hangs from is gone) and a second live
+   writer (a newer generation, or objects of our generation we never shipped: an overlapping deploy, or
+   two copies restored from one seal). The second is refused loudly, naming both generations: what we
    ship next would not be restorable. Idle, it costs nothing.
 6. Stopping: drain the spool, then prove from a fresh LIST that the replica holds the chain up to the
    head; only a proven replica counts as having everything.
@@ -167,6 +168,7 @@ class Uploader(threading.Thread):
         self._checked = False  # position is known from a listing
         self._asked = False  # a snapshot was requested for this replica and has not arrived yet
         self._last_probe = 0.0
+        self._probe_from: Head = (-1, 0)  # (generation, txid) the next probe lists from: the last one's end
         self._deadline: float | None = None  # set when stopping: keep draining until then
         self._wake = threading.Event()
 
@@ -262,7 +264,7 @@ class Uploader(threading.Thread):
         if proof.problem is not None:
             log.warning("%s %s: it gets a fresh snapshot", self.client.url, proof.problem.value)
         self.held, self.position, self._checked = held, proof.end, True
-        self._last_probe = self.clock()
+        self._probe_from = proof.end[:2]
 
     def _next(self) -> ObjectKey | object | None:
         """The next object that continues the replica's chain (rule 2), _WAIT, or None if all is sent."""
@@ -301,11 +303,14 @@ class Uploader(threading.Thread):
         self._last_probe = self.clock()
         assert self.held is not None
         generation, txid, _ = self.position
-        start = keys.past_segments(generation, txid)
+        since = self._probe_from[1] if self._probe_from[0] == generation else 0
+        start = keys.past_segments(generation, since)
         names = [o.key for o in self.client.list(keys.GENERATIONS, start_after=start, limit=PROBE_LIMIT)]
         listed, _ = keys.parse_listing(names)
-        found = probe(listed, generation, txid, base_snapshot(self.held, generation), complete=len(names) < PROBE_LIMIT)
+        base = base_snapshot(self.held, generation)
+        found = probe(listed, generation, self.held, base, complete=len(names) < PROBE_LIMIT)
         if found is None:
+            self._probe_from = (generation, txid)
             return
         if found.problem.other_writer:
             self.refused = f"another replicator writes generation {found.generation:016x} there"

@@ -96,29 +96,36 @@ def probed(held: list[ObjectKey], generation: int = G, txid: int = 9) -> list[Ob
 
 
 def test_a_probe_of_our_own_chain_finds_nothing_wrong() -> None:
-    assert probe(probed(CHAIN), G, 9, SnapshotKey(G, 6, 25)) is None
+    assert probe(probed(CHAIN, txid=0), G, CHAIN, SnapshotKey(G, 6, 25)) is None
 
 
-def test_a_probe_lists_none_of_the_segments_we_shipped() -> None:
-    assert probed(CHAIN) == [SnapshotKey(G, 0, 0), SnapshotKey(G, 6, 25)]
+def test_a_probe_lists_only_what_came_after_the_last_probe() -> None:
+    assert probed(CHAIN, txid=6) == [SegmentKey(G, 7, 9, 30), SnapshotKey(G, 0, 0), SnapshotKey(G, 6, 25)]
 
 
 def test_a_probe_names_a_newer_generation_and_how_far_it_reached() -> None:
     theirs = [SnapshotKey(G + 3, 0, 40), SegmentKey(G + 3, 1, 12, 50)]
-    found = probe(probed([*CHAIN, *theirs]), G, 9, SnapshotKey(G, 6, 25))
+    found = probe(probed([*CHAIN, *theirs]), G, CHAIN, SnapshotKey(G, 6, 25))
     assert found is not None
     assert (found.problem, found.generation, found.txid) == (ReplicaProblem.NEWER_GENERATION, G + 3, 12)
 
 
 def test_a_probe_spots_transactions_of_our_generation_that_we_never_shipped() -> None:
-    found = probe(probed([*CHAIN, SegmentKey(G, 10, 11, 40)]), G, 9, SnapshotKey(G, 6, 25))
+    found = probe(probed([*CHAIN, SegmentKey(G, 10, 11, 40)]), G, CHAIN, SnapshotKey(G, 6, 25))
     assert found is not None and found.problem is ReplicaProblem.UNSHIPPED and found.txid == 11
 
 
+def test_a_probe_spots_another_writer_continuing_from_the_same_txid_as_ours() -> None:
+    """Two copies restored from one seal (txid 6): the other's segment starts where ours does."""
+    theirs = SegmentKey(G, 7, 8, 31)
+    found = probe(probed([*CHAIN, theirs], txid=6), G, CHAIN, SnapshotKey(G, 6, 25))
+    assert found is not None and found.problem is ReplicaProblem.UNSHIPPED
+
+
 def test_a_probe_notices_the_snapshot_our_chain_hangs_from_is_gone() -> None:
-    found = probe(probed(CHAIN[:3]), G, 9, SnapshotKey(G, 6, 25))
+    found = probe(probed(CHAIN[:3]), G, CHAIN, SnapshotKey(G, 6, 25))
     assert found is not None and found.problem is ReplicaProblem.BROKEN_CHAIN
 
 
 def test_a_probe_cut_short_by_its_limit_does_not_call_the_snapshot_gone() -> None:
-    assert probe([], G, 9, SnapshotKey(G, 6, 25), complete=False) is None
+    assert probe([], G, CHAIN, SnapshotKey(G, 6, 25), complete=False) is None

@@ -153,6 +153,14 @@ def test_gap_in_the_segment_chain_is_rejected_naming_the_missing_transactions() 
         plan_restore(objects)
 
 
+def test_a_generation_two_writers_continued_is_refused_naming_the_fork_and_the_way_out() -> None:
+    """Two copies restored from one seal both shipped txid 4 onwards: no single history to pick from."""
+    objects = [snap(1, 0, 0), seg(1, 1, 3, 10), seg(1, 4, 6, 20), seg(1, 4, 5, 21), seg(1, 7, 8, 30)]
+    with pytest.raises(RestoreError, match=r"forked at txid 4.*--txid 3"):
+        plan_restore(objects)
+    assert plan_restore(objects, txid=3).txid == 3
+
+
 def test_gap_before_the_chosen_snapshot_does_not_matter() -> None:
     objects = [snap(1, 0, 0), seg(1, 1, 3, 10), snap(1, 6, 25), seg(1, 7, 9, 30)]
     assert plan_restore(objects).txid == 9
