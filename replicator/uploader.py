@@ -261,7 +261,9 @@ class Uploader(threading.Thread):
             self.refused = f"{self.client.url} {proof.problem.value}"
             log.error("not uploading to %s: it %s", self.client.url, proof.problem.value)
             return
-        if proof.problem is not None:
+        if proof.problem is not None and not held and self.position == NOTHING:
+            log.info("%s holds nothing yet: it gets a first snapshot", self.client.url)  # a first run, a new bucket
+        elif proof.problem is not None:
             log.warning("%s %s: it gets a fresh snapshot", self.client.url, proof.problem.value)
         self.held, self.position, self._checked = held, proof.end, True
         self._probe_from = proof.end[:2]
