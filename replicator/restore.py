@@ -259,10 +259,13 @@ def _build(fetch: _Fetcher, plan: RestorePlan, fd: int, tmp: Path, output: Path)
             with body:
                 _apply_segment(SegmentReader(body, seg.key, expect=seg), f)
         f.flush()
-        os.fsync(f.fileno())
-    with ThreadPoolExecutor(1, thread_name_prefix="digest") as pool:  # on the other core, meanwhile
-        digest = pool.submit(file_digest, tmp)
-        _check_integrity(tmp)
+        # Three independent checks of the finished file at once: the fsync (mostly waiting on the disk), its
+        # digest and integrity_check (each a core), all reading what the page cache holds.
+        with ThreadPoolExecutor(2, thread_name_prefix="finish") as pool:
+            synced = pool.submit(os.fsync, f.fileno())
+            digest = pool.submit(file_digest, tmp)
+            _check_integrity(tmp)
+            synced.result()
     os.chmod(tmp, 0o666 & ~_umask())  # as the app's own file would be (mkstemp makes it 0600)
     for suffix in ("-wal", "-shm"):
         Path(f"{output}{suffix}").unlink(missing_ok=True)
