@@ -4,14 +4,15 @@ Both Dockerfiles are built FROM a local Debian image (tests/containers.py) in pl
 Every container uses the host's network (moto and RGW listen on 127.0.0.1) and no volume: a redeploy is a
 new container from the same image, configured by environment variables alone, as on a PaaS. Skipped with
 one line where podman cannot run; under CI (CI=true) that is a failure. `pytest -s` shows the numbers.
-About 110 s on 2 cores with the base image cached (the two builds share their replicator layer: ~20 s),
-about 155 s on a machine that has yet to debootstrap it.
+About 170 s on 2 cores with the base image cached (the two builds share their replicator layer: ~20 s),
+about 215 s on a machine that has yet to debootstrap it.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import re
 import tempfile
 import threading
 import time
@@ -161,10 +162,11 @@ class Deployment:
         return env
 
     @contextmanager
-    def boot(self) -> Iterator[Signup]:
+    def boot(self, port: int | None = None, **env: str) -> Iterator[Signup]:
         """A new container, once its app answers /healthz (the replicator has restored what there was)."""
-        with container(self.podman, self.image, env=self.environment()) as booted:
-            app = Signup(booted, self.port)
+        port = port or self.port
+        with container(self.podman, self.image, env={**self.environment(), "PORT": str(port), **env}) as booted:
+            app = Signup(booted, port)
             wait_until(lambda: app.healthy() or not booted.running(), 120, "the app's /healthz")
             assert booted.running(), f"the container exited with {booted.exit_code()}:\n{booted.logs()}"
             yield app
@@ -316,3 +318,29 @@ def test_a_redeploy_after_a_clean_stop_uploads_far_less_than_the_database(
     )
     print("\n".join(line for line in second_logs.splitlines() if "generation" in line))
     assert uploaded < 0.5 * full_snapshot
+
+
+def test_an_overlapping_deploy_is_found_by_the_old_container_naming_both_generations(deployment: Deployment) -> None:
+    """A "zero-downtime" deploy: the new container boots while the old one still takes sign-ups (docs/DEPLOY.md).
+    The old one's late sign-ups are not in the new database: it must say so, loudly, and not exit 0."""
+    probe_often = {"REPLICATOR_VERIFY_INTERVAL": "1s"}
+    with deployment.boot(**probe_often) as old:
+        register_all(old, range(20))
+        time.sleep(SYNC_INTERVAL + 1.0)
+        with SignupTraffic(old), deployment.boot(port=free_port(), **probe_often) as new:
+            register_all(new, range(1000, 1010))
+            wait_until(lambda: "SECOND WRITER" in old.container.logs(), 30, "the old container to notice")
+            assert old.container.stop(timeout=30) != 0  # its late sign-ups are not restorable: no exit 0
+            new_logs = stop_cleanly(new)
+        old_logs = old.container.logs()
+    line = next(x for x in old_logs.splitlines() if "SECOND WRITER" in x)
+    generations = set(GENERATION.findall(new_logs)) | set(GENERATION.findall(old_logs))
+    print(f"\nthe old container: {line.split(' ', 2)[2]}")
+    assert len(generations) == 2 and all(g in line for g in generations), line
+
+    with deployment.boot() as after:  # the newest generation: the new container's
+        assert [after.login(*user(i)) for i in [*range(20), *range(1000, 1010)]] == [200] * 30
+        stop_cleanly(after)
+
+
+GENERATION = re.compile(r"generation ([0-9a-f]{16})")
