@@ -283,7 +283,7 @@ class Replicator:
             assert state is not None
             self.state, self.cursor = state, state.wal
             self.life = self.wal_file.header() if state.wal is not None else None
-            self.armed = state.wal is None  # restored: whatever the WAL holds came after txid (see _restored)
+            self.armed = state.wal is None  # restored: what the WAL holds came after txid (_restored_problem)
             self.outbox.set_head(state.generation, state.txid)
             how = "" if state.wal is not None else " (the restored file; no new snapshot needed)"
             log.info("continuing generation %016x at txid %d%s", state.generation, state.txid, how)

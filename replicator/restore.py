@@ -453,6 +453,6 @@ def restore(client: ReplicaClient, output: Path, *, parallelism: int = 8, **targ
     return plan
 
 
-def leave_state(output: Path, plan: RestorePlan, digest: str) -> bool:
+def leave_state(output: Path, plan: RestorePlan, sha256: str) -> bool:
     """After a restore of the latest state: let `replicate` continue its generation (state.record_restored)."""
-    return record_restored(output, plan.generation, plan.txid, plan.snapshot.time_us, digest)
+    return record_restored(output, plan.generation, plan.txid, plan.snapshot.time_us, sha256)

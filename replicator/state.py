@@ -168,11 +168,11 @@ def file_digest(path: Path) -> str:
         os.close(fd)
 
 
-def record_restored(db_path: Path, generation: int, txid: int, snapshot_us: int, digest: str) -> bool:
+def record_restored(db_path: Path, generation: int, txid: int, snapshot_us: int, sha256: str) -> bool:
     """Leave the state that lets `replicate` continue a just-restored file's generation at `txid`.
 
     Returns False (and leaves nothing) when a replicator holds the state directory: it decides for itself.
-    The state is only a claim: replicate.py proves it against the file (`digest`) and the replicas (the
+    The state is only a claim: replicate.py proves it against the file (`sha256`) and the replicas (the
     last writer's seal) before continuing, and starts a new generation if anything disagrees.
     """
     db_path = db_path.resolve()
@@ -197,7 +197,7 @@ def record_restored(db_path: Path, generation: int, txid: int, snapshot_us: int,
                 inode=st.st_ino,
                 wal=None,
                 last_snapshot_us=snapshot_us,
-                restored_digest=digest,
+                restored_digest=sha256,
             )
         )
         return True
