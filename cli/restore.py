@@ -50,7 +50,9 @@ def restore(
       replicator restore --timestamp 2026-11-21T14:03:00Z s3://bucket/app -o /tmp/before.db
       replicator restore -c replicator.yml /data/app.db --if-db-not-exists --if-replica-exists
 
-    The output appears only when it is complete and has passed PRAGMA integrity_check.
+    The output appears only when it is complete and has passed PRAGMA integrity_check. A restore of the
+    latest state also leaves .NAME-replicator/ beside it, so that `replicate` continues its generation
+    instead of uploading a new snapshot (docs/RESTORE.md).
     """
     from replicator import restore as lib
     from replicator.errors import ReplicatorError
