@@ -13,6 +13,7 @@ Rules:
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -55,7 +56,7 @@ def prove_chain(held: Iterable[ObjectKey], generation: int, txid: int) -> ChainP
     if any(k.generation > generation for k in items):
         return ChainProof(generation, NOTHING, ReplicaProblem.NEWER_GENERATION)
     mine = [k for k in items if k.generation == generation]
-    if any(beyond(k, generation, txid) for k in mine):
+    if any(beyond(k, generation, txid) for k in mine) or _forked(mine):
         return ChainProof(generation, NOTHING, ReplicaProblem.UNSHIPPED)
     snapshots = [k for k in mine if isinstance(k, SnapshotKey)]
     if not snapshots:
@@ -105,6 +106,12 @@ def probe(
     if base is not None and complete and base not in items:
         return ProbeFinding(ReplicaProblem.BROKEN_CHAIN, generation, base.txid)
     return None
+
+
+def _forked(keys: Iterable[ObjectKey]) -> bool:
+    """Whether two segments of one generation cover a txid both: two writers continued it from one point."""
+    segments = sorted((k for k in keys if isinstance(k, SegmentKey)), key=lambda k: k.first_txid)
+    return any(b.first_txid <= a.last_txid for a, b in itertools.pairwise(segments))
 
 
 def _reach(found: Iterable[ObjectKey]) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from dataclasses import dataclass, replace
 from typing import TypeGuard
@@ -49,11 +50,14 @@ class Owner:
     database: str  # the resolved path of the database file
     since_us: int  # when it claimed the replica
     sealed: Seal | None = None  # set by a clean stop, cleared by the next writer before it ships
+    writer: str | None = None  # 16 hex digits, random: which writer took the seal off last
 
     def encode(self) -> bytes:
         record: dict[str, object] = {"format": FORMAT, "database": self.database, "since_us": self.since_us}
         if self.sealed is not None:
             record["sealed"] = {"generation": f"{self.sealed[0]:016x}", "txid": self.sealed[1]}
+        if self.writer is not None:
+            record["writer"] = self.writer
         return json.dumps(record).encode()
 
     @classmethod
@@ -76,19 +80,24 @@ class Owner:
             raise bad("no valid database path")
         if not _count(since):
             raise bad("no valid time")
+        writer = record.get("writer")
+        if writer is not None and not _hex16(writer):
+            raise bad("no valid writer mark")
         sealed = record.get("sealed")
         if sealed is None:
-            return cls(database, since)
+            return cls(database, since, None, writer)
         generation = sealed.get("generation") if isinstance(sealed, dict) else None
         txid = sealed.get("txid") if isinstance(sealed, dict) else None
-        if not (isinstance(generation, str) and len(generation) == 16 and _HEX.issuperset(generation)) or not _count(
-            txid
-        ):
+        if not _hex16(generation) or not _count(txid):
             raise bad("no valid seal")
-        return cls(database, since, (int(generation, 16), txid))
+        return cls(database, since, (int(generation, 16), txid), writer)
 
 
 _HEX = frozenset("0123456789abcdef")
+
+
+def _hex16(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and len(value) == 16 and _HEX.issuperset(value)
 
 
 def _count(value: object) -> TypeGuard[int]:
@@ -97,28 +106,35 @@ def _count(value: object) -> TypeGuard[int]:
 
 def read_owner(client: ReplicaClient) -> Owner | None:
     """The replica's owner record, or None if it has none yet."""
+    return _read(client)[0]
+
+
+def _read(client: ReplicaClient) -> tuple[Owner | None, bytes]:
     try:
         data = client.get(OWNER_KEY, 0, _MAX_BYTES + 1)
     except ObjectNotFound:
-        return None
-    return Owner.decode(data, client.url.rstrip("/"))
+        return None, b""
+    return Owner.decode(data, client.url.rstrip("/")), data
 
 
 def claim(client: ReplicaClient, database: str, *, takeover: bool = False) -> Seal | None:
     """Make sure the replica belongs to `database`: record it if unclaimed, refuse if another owns it.
 
-    Returns the seal the record carried (the last writer's clean stop), which is removed: we may write now.
+    Returns the seal the record carried (the last writer's clean stop), which we removed: we may write now.
+    The removal is a compare-and-swap, with our own mark in the record: of two copies restored from one
+    seal and starting at once, one gets the seal and the other None (it starts a new generation).
     """
     try:
-        owner = read_owner(client)
+        owner, raw = _read(client)
     except CorruptOwnerRecord:
         if not takeover:
             raise
-        owner = None
+        owner, raw = None, b""
     if owner is not None and owner.database == database:
-        if owner.sealed is not None:
-            client.put(OWNER_KEY, replace(owner, sealed=None).encode())
-        return owner.sealed
+        if owner.sealed is None:
+            return None
+        unsealed = replace(owner, sealed=None, writer=secrets.token_hex(8))
+        return owner.sealed if client.swap(OWNER_KEY, raw, unsealed.encode()) else None
     if owner is not None and not takeover:
         raise ReplicaOwnedElsewhere(
             f"{client.url} belongs to the database {owner.database}, not to {database}: two databases must "

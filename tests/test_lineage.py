@@ -95,6 +95,11 @@ def probed(held: list[ObjectKey], generation: int = G, txid: int = 9) -> list[Ob
     return [keys.parse(o.key) for o in client.list(keys.GENERATIONS, start_after=start)]
 
 
+def test_a_generation_two_writers_continued_is_never_proven() -> None:
+    theirs = SegmentKey(G, 7, 8, 31)  # a second copy restored at txid 6 shipped its own 7-8
+    assert prove_chain([*CHAIN, theirs], G, 9).problem is ReplicaProblem.UNSHIPPED
+
+
 def test_a_probe_of_our_own_chain_finds_nothing_wrong() -> None:
     assert probe(probed(CHAIN, txid=0), G, CHAIN, SnapshotKey(G, 6, 25)) is None
 

@@ -64,6 +64,7 @@ def test_takeover_records_the_new_database() -> None:
         json.dumps({"format": 1, "database": "/a", "since_us": 1, "sealed": {"generation": "xyz", "txid": 1}}).encode(),
         json.dumps({"format": 1, "database": "/a", "since_us": 1, "sealed": {"generation": "0" * 16}}).encode(),
         json.dumps({"format": 1, "database": "/a", "since_us": 1, "sealed": [1, 2]}).encode(),
+        json.dumps({"format": 1, "database": "/a", "since_us": 1, "writer": "not hex at all!"}).encode(),
     ],
 )
 def test_a_record_that_is_not_ours_is_refused_and_never_printed(data: bytes) -> None:
@@ -100,5 +101,27 @@ def test_a_replica_taken_over_by_another_database_is_not_sealed() -> None:
     client = MemoryClient()
     claim(client, "/data/other.db")
     assert not seal(client, "/data/app.db", (7, 99))
+    owner = read_owner(client)
+    assert owner is not None and owner.sealed is None
+
+
+def test_of_two_writers_taking_one_seal_at_once_only_one_gets_it() -> None:
+    """Two copies restored from one clean stop, starting together: only one may continue the generation."""
+    client = MemoryClient()
+    claim(client, "/data/app.db")
+    seal(client, "/data/app.db", (7, 99))
+
+    class Racing(MemoryClient):
+        """Our view of the replica, where the other writer takes the seal off between our read and our write."""
+
+        def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+            data = client.get(key, offset, length)
+            assert claim(client, "/data/app.db") == (7, 99)  # the other one, first
+            return data
+
+        def swap(self, key: str, expected: bytes, body: bytes) -> bool:
+            return client.swap(key, expected, body)
+
+    assert claim(Racing(), "/data/app.db") is None  # we lost: a new generation for us
     owner = read_owner(client)
     assert owner is not None and owner.sealed is None

@@ -89,3 +89,33 @@ def test_listing_is_retried_as_a_whole() -> None:
     MemoryClient.put(inner, "a", b"")
     client, _ = retrying(inner)
     assert [o.key for o in client.list()] == ["a"]
+
+
+class LosesTheAnswer(MemoryClient):
+    """A swap that happens on the store, but whose answer is lost on the way back (a dropped connection)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.swaps = 0
+
+    def swap(self, key: str, expected: bytes, body: bytes) -> bool:
+        self.swaps += 1
+        done = super().swap(key, expected, body)
+        if self.swaps == 1:
+            raise TransientStorageError("connection reset")
+        return done
+
+
+def test_a_swap_whose_answer_was_lost_is_known_done_on_retry() -> None:
+    inner = LosesTheAnswer()
+    inner.put("k", b"old")
+    client = RetryingClient(inner, attempts=3, sleep=lambda _: None)
+    assert client.swap("k", b"old", b"new")
+    assert inner.get("k") == b"new" and inner.swaps == 1
+
+
+def test_a_swap_that_lost_to_another_writer_says_so() -> None:
+    inner = MemoryClient()
+    inner.put("k", b"theirs")
+    assert not RetryingClient(inner).swap("k", b"old", b"new")
+    assert inner.get("k") == b"theirs"

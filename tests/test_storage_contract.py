@@ -68,6 +68,15 @@ def test_list_starts_after_a_key_and_stops_at_the_limit(client: ReplicaClient) -
     assert [o.key for o in client.list("a/", limit=1)] == ["a/1"]
 
 
+def test_swap_replaces_an_object_only_while_it_holds_what_was_expected(client: ReplicaClient) -> None:
+    client.put("owner.json", b"sealed")
+    assert client.swap("owner.json", b"sealed", b"mine")
+    assert not client.swap("owner.json", b"sealed", b"theirs")  # the second of two racing writers loses
+    assert client.get("owner.json") == b"mine"
+    assert not client.swap("missing.json", b"sealed", b"mine")
+    assert not client.exists("missing.json")
+
+
 def test_listing_an_empty_replica_finds_nothing(client: ReplicaClient) -> None:
     assert list(client.list()) == []
     assert list(client.list("generations/")) == []

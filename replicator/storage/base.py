@@ -26,7 +26,8 @@ class ObjectInfo:
 
 @runtime_checkable
 class ReplicaClient(Protocol):
-    """Five operations: all that replication, restore and retention need from an object store."""
+    """All that replication, restore and retention need from an object store: list, read, write, delete, and
+    one compare-and-swap for the owner record."""
 
     @property
     def url(self) -> str:
@@ -58,6 +59,14 @@ class ReplicaClient(Protocol):
 
     def put(self, key: str, body: Body) -> None:
         """Store an object atomically: readers see the old object, the whole new one, or none."""
+        ...
+
+    def swap(self, key: str, expected: bytes, body: bytes) -> bool:
+        """Replace a small object with `body` only if it still holds exactly `expected`; False if it does not.
+
+        Atomic against another writer doing the same where the store can tell (S3's conditional PUT,
+        If-Match; a lock beside a directory replica). A store that ignores If-Match lets the last one win.
+        """
         ...
 
     def delete(self, keys: Iterable[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -70,6 +71,19 @@ class FileClient:
             else:
                 _copy(body, f)
 
+    def swap(self, key: str, expected: bytes, body: bytes) -> bool:
+        path = self._path(key)
+        with _classified(f"put {self.url}/{key}"), _locked(path.parent / f"{_TEMP_PREFIX}{path.name}.lock"):
+            try:
+                current = path.read_bytes()
+            except FileNotFoundError:
+                return False
+            if current != expected:
+                return False
+            with atomic_writer(path) as f:
+                f.write(body)
+            return True
+
     @contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
         """Write an object as a stream: visible under `key` only once the block ends without an error."""
@@ -90,6 +104,17 @@ class FileClient:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An flock on `path` (created if needed, never listed: a temporary name) for the block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _copy(source: BinaryIO, dest: BinaryIO) -> None:

@@ -41,6 +41,13 @@ class MemoryClient:
         with self._lock:
             self._objects[check_key(key)] = bytes(data)
 
+    def swap(self, key: str, expected: bytes, body: bytes) -> bool:
+        with self._lock:
+            if self._objects.get(check_key(key)) != expected:
+                return False
+            self._objects[key] = bytes(body)
+            return True
+
     def delete(self, keys: Iterable[str]) -> None:
         with self._lock:
             for key in keys:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-from ..errors import TransientStorageError
+from ..errors import ObjectNotFound, TransientStorageError
 from .base import Body, ObjectInfo, Readable, ReplicaClient
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,23 @@ class RetryingClient:
             return
         start = body.tell()
         self._call(lambda: self.inner.put(key, body), before_retry=lambda: body.seek(start))
+
+    def swap(self, key: str, expected: bytes, body: bytes) -> bool:
+        """Retried like the rest; a retry that finds `body` in place learns the lost answer was a success."""
+        attempts = iter(range(self.attempts))
+
+        def once() -> bool:
+            if next(attempts) > 0 and self._holds(key, body):
+                return True
+            return self.inner.swap(key, expected, body)
+
+        return self._call(once)
+
+    def _holds(self, key: str, body: bytes) -> bool:
+        try:
+            return self.inner.get(key) == body
+        except ObjectNotFound:
+            return False
 
     def delete(self, keys: Iterable[str]) -> None:
         batch = list(keys)

@@ -156,6 +156,27 @@ class S3Client:
                 body = body.read()
             self._client.put_object(Bucket=self.bucket, Key=full, Body=body)
 
+    def swap(self, key: str, expected: bytes, body: bytes) -> bool:
+        full = self.prefix + check_key(key)
+        with _classified(f"put {self.url}{key}"):
+            try:
+                current = self._client.get_object(Bucket=self.bucket, Key=full)
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) in _NOT_FOUND:
+                    return False
+                raise
+            if current["Body"].read() != expected:
+                return False
+            # The ETag unquoted: Ceph RGW refuses a quoted one even when it matches; AWS and MinIO take both.
+            etag = current["ETag"].strip('"')
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=full, Body=body, IfMatch=etag)
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    return False
+                raise
+            return True
+
     def delete(self, keys: Iterable[str]) -> None:
         batch = [self.prefix + check_key(k) for k in keys]
         for i in range(0, len(batch), DELETE_BATCH):
