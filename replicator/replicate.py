@@ -278,7 +278,8 @@ class Replicator:
             assert state is not None
             reason = next((p for c in self.clients if (p := self._other_writer(state, c, listings[c.url]))), None)
         if reason is None and state is not None and state.wal is None:
-            reason = self._unsealed(state, listings)
+            # The seal first: it costs nothing more, while the digest reads the whole file.
+            reason = self._unsealed(state, listings) or self._restored_problem(state)
         if reason is None:
             assert state is not None
             self.state, self.cursor = state, state.wal
@@ -314,7 +315,8 @@ class Replicator:
         if state.page_size != self.db.page_size():
             return "the page size changed"
         if state.wal is None:
-            return self._restored_problem(state)
+            restored = state.restored_digest is not None  # _try_open checks it against the file, last
+            return None if restored else "the WAL was restarted or truncated while the replicator was not running"
         header = self.wal_file.header()
         if header is None or header.salt != state.wal.salt:
             return "the WAL was restarted or truncated while the replicator was not running"
@@ -332,8 +334,6 @@ class Replicator:
         means nothing was copied into it, so every committed frame in the WAL came after txid: the chain
         continues from the WAL's first frame (armed). A torn read can only disagree: a new generation.
         """
-        if state.restored_digest is None:
-            return "the WAL was restarted or truncated while the replicator was not running"
         assert self.db is not None
         if digest(self.db.read_file, self.db.file_size()) != state.restored_digest:
             return "the database file changed since it was restored"
