@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import click
@@ -76,7 +76,8 @@ def replicate(
     """
     from replicator.config import resolve
     from replicator.errors import ReplicatorError
-    from replicator.replicate import Replicator, run_all
+    from replicator.replicate import Replicator
+    from replicator.store import Store
     from replicator.supervise import Supervisor
 
     from .main import exit_code
@@ -84,19 +85,20 @@ def replicate(
     setup_logging(verbose)
     resolved = resolve(db_path, replica_urls, config_path, options, expand_env=expand_env)
     command = command or resolved.exec_command
-    replicators = [Replicator(d.path, d.clients(), d.settings, takeover=takeover) for d in resolved.databases]
+    store = Store(
+        [functools.partial(Replicator, d.path, d.clients(), d.settings, takeover=takeover) for d in resolved.databases]
+    )
     child_code = 0
     if command is not None:
         argv = shlex.split(command)
         if not argv:
             raise click.UsageError("--exec needs a command")
-        outcome = Supervisor(replicators, argv).run()
+        outcome = Supervisor(store, argv).run()
         failures, child_code = outcome.failures, outcome.child_code
     else:
-        stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        failures = run_all(replicators, stop)
+            signal.signal(sig, lambda *_: store.stop())
+        failures = store.run()
     for db, exc in failures:
         if isinstance(exc, ReplicatorError):
             click.echo(f"error: {db}: {exc}", err=True)

@@ -66,14 +66,23 @@ from .sqlite import (
 )
 from .state import ShipperState, StateDir, WalPosition, digest
 from .storage import ReplicaClient
+from .tracker import (
+    Action,
+    Collect,
+    Discontinuity,
+    NewGeneration,
+    Reason,
+    Tracker,
+    Truncation,
+)
 from .uploader import Outbox, Uploader, inventory
 from .walfile import WalFile
 
 log = logging.getLogger(__name__)
 
-IDLE_CHECKPOINT_AFTER = 0.2  # seconds without a commit before we empty the WAL (see the module docstring)
 WAL_KEEP_BYTES = 4 << 20  # a quiet app's -wal file larger than this (after a burst) is cut to zero bytes
 EXCLUSIVE_UNCERTAIN_AFTER = 15.0  # an EXCLUSIVE lock with no journal written lasting this long is the pragma
+WAITING_POLL = 1.0  # while the database (or its directory) does not exist: a file event usually comes first
 
 
 class FinalSyncFailed(ReplicatorError):
@@ -103,7 +112,11 @@ class _Start:
 
 
 class Replicator:
-    """Replicates one database to one or more replicas. `run()` blocks until `stop` is set."""
+    """Replicates one database to one or more replicas, one `step` at a time (store.py drives the steps).
+
+    `step` does what is due and says when it is next due; `finish` ships what is left and proves it; `abandon`
+    lets go after a failure. Only one thread steps a Replicator at a time.
+    """
 
     def __init__(
         self,
@@ -124,84 +137,116 @@ class Replicator:
         self.db: Database | None = None
         self.wal_file = WalFile(Path(f"{self.db_path}-wal"))  # opened lazily, once per open database
         self.state: ShipperState | None = None
-        self.life: wal.WalHeader | None = None  # header of the WAL life our cursor is in
-        self.cursor: WalPosition | None = None  # how far we have collected (state.wal: how far flushed)
+        self.tracker = Tracker(self.settings)
         self.pending: list[wal.Transaction] = []  # collected, not yet in the spool
-        self.armed = False  # a WAL restart now would continue our chain (see the module docstring)
-        self._mismatches = 0
-        self._checkpointing = False  # steps 1-2 of a checkpoint done, step 3 due
-        self._quiet_checkpoint = False  # the one in progress was for a quiet app, not for the WAL's size
-        self._last_news = 0.0  # when we last shipped (the loop polls faster while the app is writing)
-        self._last_checkpoint = 0.0
-        self._idle_checkpoint_wait = 1.0  # backoff while an app reader keeps the WAL from emptying
-        self._truncate_at = 0.0  # when the -wal file may next be cut back (_truncate_wal)
-        self._truncate_wait = 1.0  # backoff while an app reader keeps it from being cut
-        self._gone: str | None = None  # why we let go of the file: the next generation's reason
-        self._generation_wanted: str | None = None  # a generation start that could not be written yet
-        self._spool_trouble: str | None = None  # the spool write that keeps failing, said once
-        self._retry_at = 0.0  # when to try the spool again
+        self.halted = False  # set by `step` once stopping is due: `finish` comes next
         self.following = threading.Event()  # set once the database is followed, or waited for (supervise.py)
+        self._locked = False
+        self._waiting_said = False  # "waiting for ... to be created" was logged
+        self._open_delay = 0.05  # backoff while the app holds its lock
+        self._exclusive: tuple[ExclusiveHolder, float] | None = None  # (holder, first seen): if it lasts
+        self._gone: NewGeneration | None = None  # why we let go of the file: the next generation's reason
+        self._spool_trouble: str | None = None  # the spool write that keeps failing, said once
         self._stop_seen: float | None = None  # when we were told to stop (the grace period runs from there)
         self._captured_us = 0  # when the final capture read the WAL: the final line's "up to"
         self._seals: dict[str, ownership.Seal | None] = {}  # per replica URL: where its last writer stopped
 
-    # -- lifecycle ------------------------------------------------------------------------------------
+    @property
+    def poke(self) -> Callable[[], None]:
+        """Called (from any thread) when this database has work that no file event announces."""
+        return self.outbox.on_request
 
-    def run(self, stop: threading.Event) -> None:
-        if not self._lock(stop):
-            return
+    @poke.setter
+    def poke(self, callback: Callable[[], None]) -> None:
+        self.outbox.on_request = callback
+
+    @property
+    def news_pending(self) -> bool:
+        return self.db is not None and self.tracker.news_pending
+
+    # -- driven by the store --------------------------------------------------------------------------
+
+    def step(self, *, stopping: bool = False) -> float | None:
+        """Do what is due; returns when (time.monotonic()) it is next due, None if only a file event can tell.
+
+        Sets `halted` when `stopping` and it is time to finish (at once, or after the grace period).
+        """
+        now = time.monotonic()
+        if stopping and self._halting(now):
+            self.halted = True
+            return None
+        if not self._locked and not self._lock():
+            return now + WAITING_POLL
+        if self.db is None:
+            wake = self._attach(now)
+            if self.db is None:
+                return wake
+        try:
+            wake = self._follow(now)
+        except _FileGone as gone:
+            self._let_go(str(gone))
+            wake = now
+        if self._stop_seen is not None:  # the grace period: follow closely until the app lets go
+            return now + self.settings.poll_interval
+        return wake
+
+    def finish(self) -> None:
+        """Capture what is committed, drain every replica, prove what they hold, and report it; then let go."""
         try:
             try:
-                self._follow(stop)
+                self._finish()
             except BaseException:
                 self._drain_quietly()  # what was captured still goes out; the failure is the news
                 raise
-            self._finish(stop)
         finally:
-            self._close()
-            self.state_dir.unlock()
+            self._release()
 
-    def _lock(self, stop: threading.Event) -> bool:
-        """One replicator per database (state.py's lock); waits for the database's directory to exist."""
-        said = False
-        while not self.db_path.parent.is_dir():
-            if not said:
-                log.info("waiting for %s to be created", self.db_path.parent)
-                said = True
-            self.following.set()  # the app may be started: it is the one to create it
-            if stop.wait(0.25):
-                return False
+    def abandon(self) -> None:
+        """After a failure: ship what was captured if we can, and let go of everything."""
+        try:
+            self._drain_quietly()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._close()
+        if self._locked:
+            self.state_dir.unlock()
+            self._locked = False
+
+    def _lock(self) -> bool:
+        """One replicator per database (state.py's lock), once the database's directory exists."""
+        if not self.db_path.parent.is_dir():
+            self._waiting(self.db_path.parent)
+            return False
         check_database_file(self.db_path)  # refuse a file that is not SQLite before creating anything beside it
         self.state_dir.lock()
+        self._locked = True
+        self._waiting_said = False
         return True
 
-    def _follow(self, stop: threading.Event) -> None:
-        while not self._halting(stop):
-            if self.db is None and not self._attach(stop):
-                return
-            try:
-                self._loop(stop)
-            except _FileGone as gone:
-                self._let_go(str(gone))
+    def _waiting(self, what: Path) -> None:
+        if not self._waiting_said:
+            log.info("waiting for %s to be created", what)
+            self._waiting_said = True
+        self.following.set()  # the app may be started: it is the one to create it
 
-    def _attach(self, stop: threading.Event) -> bool:
-        """Wait for the database, open it, and (the first time) start an uploader per replica."""
-        said = False
-        while not check_database_file(self.db_path):
-            if not said:
-                log.info("waiting for %s to be created", self.db_path)
-                said = True
-            self.following.set()  # an app may be started now: we will see its first commit
-            if stop.wait(0.25):
-                return False
+    def _attach(self, now: float) -> float | None:
+        """Open the database once it exists, and (the first time) start an uploader per replica.
+
+        Returns when to try again if it could not (the app holds its lock, or there is no database yet).
+        """
+        if not check_database_file(self.db_path):
+            self._waiting(self.db_path)
+            return now + WAITING_POLL
         listings = self._list_replicas() if not self.uploaders else None
-        if not self._open(stop, listings):
-            return False
+        if not self._open(now, listings):
+            return now + self._open_delay
         if not self.uploaders:
             assert listings is not None
             self._start_uploaders(listings)
         self.following.set()
-        return True
+        return now
 
     def _list_replicas(self) -> dict[str, set[ObjectKey] | None]:
         """What each replica holds (one LIST), checking it belongs to this database; None if unreachable.
@@ -235,36 +280,32 @@ class Replicator:
         for u in self.uploaders:
             u.start()
 
-    def _open(self, stop: threading.Event, listings: dict[str, set[ObjectKey] | None] | None) -> bool:
-        """Open the database, retrying while the app holds its lock (a migration can take seconds)."""
-        said = False
-        delay = 0.05
-        exclusive: tuple[ExclusiveHolder, float] | None = None  # (holder, first seen): if it lasts
-        while True:
-            try:
-                self._try_open(listings)
-                return True
-            except DatabaseBusy:
-                self._close()
-            holder = exclusive_mode_holder(self.db_path)
-            if holder is None or exclusive is None or exclusive[0] != holder:
-                exclusive = None if holder is None else (holder, time.monotonic())
-            elif time.monotonic() - exclusive[1] >= (1.0 if holder.certain else EXCLUSIVE_UNCERTAIN_AFTER):
-                raise ExclusiveLockingMode(
-                    f"PID {holder.pid} holds {self.db_path} with PRAGMA locking_mode=EXCLUSIVE, which lets no "
-                    "other process read it; replication needs the default locking mode: remove that pragma "
-                    "from the app"
-                )
-            if not said:
-                log.info(
-                    "waiting for %s: the app holds its lock (a write in rollback-journal mode, or a migration); "
-                    "retrying until it lets go",
-                    self.db_path,
-                )
-                said = True
-            if stop.wait(delay):
-                return False
-            delay = min(delay * 2, 1.0)
+    def _open(self, now: float, listings: dict[str, set[ObjectKey] | None] | None) -> bool:
+        """Open the database; False while the app holds its lock (a migration can take seconds)."""
+        try:
+            self._try_open(listings)
+        except DatabaseBusy:
+            self._close()
+        else:
+            self._open_delay, self._exclusive = 0.05, None
+            return True
+        holder = exclusive_mode_holder(self.db_path)
+        if holder is None or self._exclusive is None or self._exclusive[0] != holder:
+            self._exclusive = None if holder is None else (holder, now)
+        elif now - self._exclusive[1] >= (1.0 if holder.certain else EXCLUSIVE_UNCERTAIN_AFTER):
+            raise ExclusiveLockingMode(
+                f"PID {holder.pid} holds {self.db_path} with PRAGMA locking_mode=EXCLUSIVE, which lets no "
+                "other process read it; replication needs the default locking mode: remove that pragma "
+                "from the app"
+            )
+        if self._open_delay == 0.05:
+            log.info(
+                "waiting for %s: the app holds its lock (a write in rollback-journal mode, or a migration); "
+                "retrying until it lets go",
+                self.db_path,
+            )
+        self._open_delay = min(self._open_delay * 2, 1.0)
+        return False
 
     def _try_open(self, listings: dict[str, set[ObjectKey] | None] | None) -> None:
         self.db = Database(self.db_path, lock_timeout_ms=self.settings.lock_timeout_ms)
@@ -272,31 +313,32 @@ class Replicator:
             log.info("switched %s to WAL mode (replication needs it)", self.db_path)
         self.db.pin()
         state = self.state_dir.load()
-        reason = self._gone or self._local_state_problem(state)
+        cause = self._gone or self._local_state_problem(state)
         self._reconcile_spool(state)
-        if reason is None and listings is not None:
+        if cause is None and listings is not None:
             assert state is not None
-            reason = next((p for c in self.clients if (p := self._other_writer(state, c, listings[c.url]))), None)
-        if reason is None and state is not None and state.wal is None:
+            cause = next((p for c in self.clients if (p := self._other_writer(state, c, listings[c.url]))), None)
+        if cause is None and state is not None and state.wal is None:
             # The seal first: it costs nothing more, while the digest reads the whole file.
-            reason = self._unsealed(state, listings) or self._restored_problem(state)
-        if reason is None:
+            cause = self._unsealed(state, listings) or self._restored_problem(state)
+        if cause is None:
             assert state is not None
-            self.state, self.cursor = state, state.wal
-            self.life = self.wal_file.header() if state.wal is not None else None
-            self.armed = state.wal is None  # restored: what the WAL holds came after txid (_restored_problem)
+            self.state = state
+            life = self.wal_file.header() if state.wal is not None else None
+            # Restored: what the WAL holds came after txid (_restored_problem), so a restart continues it.
+            self.tracker.follow(life, state.wal, armed=state.wal is None)
             self.outbox.set_head(state.generation, state.txid)
             how = "" if state.wal is not None else " (the restored file; no new snapshot needed)"
             log.info("continuing generation %016x at txid %d%s", state.generation, state.txid, how)
             try:
                 self._capture()
                 self._repin()
-            except _Discontinuity as exc:
-                self._begin_generation(str(exc))
+            except Discontinuity as exc:
+                self._begin_generation(exc.cause)
             except SpoolWriteFailed as exc:
                 self._spool_failed(exc)  # the loop writes it once there is room
         else:
-            self._begin_generation(reason, previous=state)
+            self._begin_generation(cause, previous=state)
         self._gone = None
 
     def _close(self) -> None:
@@ -305,28 +347,28 @@ class Replicator:
             self.db = None
         self.wal_file.close()
 
-    def _local_state_problem(self, state: ShipperState | None) -> str | None:
+    def _local_state_problem(self, state: ShipperState | None) -> NewGeneration | None:
         if state is None:
-            return "no local state (first run, or a fresh disk)"
+            return NewGeneration(Reason.NO_STATE)
         identity = FileIdentity.of(self.db_path)
         if (state.device, state.inode) != (identity.device, identity.inode):
-            return "the database file was replaced"
+            return NewGeneration(Reason.FILE_REPLACED)
         assert self.db is not None
         if state.page_size != self.db.page_size():
-            return "the page size changed"
+            return NewGeneration(Reason.PAGE_SIZE)
         if state.wal is None:
             restored = state.restored_digest is not None  # _try_open checks it against the file, last
-            return None if restored else "the WAL was restarted or truncated while the replicator was not running"
+            return None if restored else NewGeneration(Reason.WAL_RESTARTED_OFFLINE)
         header = self.wal_file.header()
         if header is None or header.salt != state.wal.salt:
-            return "the WAL was restarted or truncated while the replicator was not running"
+            return NewGeneration(Reason.WAL_RESTARTED_OFFLINE)
         if state.wal.frames:
             stored = self.wal_file.frame_header(header, state.wal.frames - 1)
             if stored.salt != header.salt or stored.checksum != state.wal.checksum:
-                return "the WAL was rewritten while the replicator was not running"
+                return NewGeneration(Reason.WAL_REWRITTEN_OFFLINE)
         return None
 
-    def _restored_problem(self, state: ShipperState) -> str | None:
+    def _restored_problem(self, state: ShipperState) -> NewGeneration | None:
         """Whether a restore's state (no WAL position) still describes the file: its digest says so.
 
         We hold the pin. If the WAL is empty, the pin holds read lock 0, which no checkpoint can pass: the file
@@ -336,28 +378,34 @@ class Replicator:
         """
         assert self.db is not None
         if digest(self.db.read_file, self.db.file_size()) != state.restored_digest:
-            return "the database file changed since it was restored"
+            return NewGeneration(Reason.RESTORED_FILE_CHANGED)
         return None
 
-    def _unsealed(self, state: ShipperState, listings: dict[str, set[ObjectKey] | None] | None) -> str | None:
+    def _unsealed(self, state: ShipperState, listings: dict[str, set[ObjectKey] | None] | None) -> NewGeneration | None:
         """A restored file continues its generation only where every replica's last writer stopped cleanly
         exactly there (ownership.py's seal): otherwise that writer may still be shipping the generation."""
         for client in self.clients:
             if listings is None or listings.get(client.url) is None:
-                return f"{client.url} could not be asked whether generation {state.generation:016x} ended there"
+                detail = f"{client.url} could not be asked whether generation {state.generation:016x} ended there"
+                return NewGeneration(Reason.NOT_SEALED, detail)
             if self._seals.get(client.url) != (state.generation, state.txid):
-                return (
+                return NewGeneration(
+                    Reason.NOT_SEALED,
                     f"restored generation {state.generation:016x} at txid {state.txid}, but {client.url} does not "
-                    "show that its writer stopped cleanly there (still running, or it crashed)"
+                    "show that its writer stopped cleanly there (still running, or it crashed)",
                 )
         return None
 
-    def _other_writer(self, state: ShipperState, client: ReplicaClient, held: set[ObjectKey] | None) -> str | None:
+    def _other_writer(
+        self, state: ShipperState, client: ReplicaClient, held: set[ObjectKey] | None
+    ) -> NewGeneration | None:
         """A replica holding objects of ours we never shipped: another writer, so a new lineage for us."""
         if held is None:
             return None
         problem = prove_chain(held, state.generation, state.txid).problem
-        return f"{client.url} {problem.value}" if problem is not None and problem.other_writer else None
+        if problem is None or not problem.other_writer:
+            return None
+        return NewGeneration(Reason.OTHER_WRITER, f"{client.url} {problem.value}")
 
     def _reconcile_spool(self, state: ShipperState | None) -> None:
         """Queue what the spool holds; drop what was captured but never recorded (a crash or a full disk
@@ -370,46 +418,48 @@ class Replicator:
             else:
                 self.outbox.add(key)
 
-    # -- the loop -------------------------------------------------------------------------------------
+    # -- following ------------------------------------------------------------------------------------
 
-    def _loop(self, stop: threading.Event) -> None:
-        last_ship = 0.0
-        while not self._halting(stop):
-            self._check_uploaders()
-            assert self.db is not None
-            try:
-                gone = self._gone_reason()
-                if gone is not None:
-                    raise _FileGone(gone)
-                due = time.monotonic() - last_ship >= self.settings.sync_interval
-                if self._tick(due):
-                    last_ship = time.monotonic()
-                    self._last_news = last_ship
-                self._spool_recovered()
-            except _Discontinuity as exc:
-                self._begin_generation(str(exc))
-            except DatabaseBusy:
-                pass  # the app holds the write lock: try again next poll
-            except SpoolWriteFailed as exc:
-                self._spool_failed(exc)
-            except apsw.Error:
-                if self._gone_reason() is None:
-                    raise  # not the file going away under us: a real failure, with its traceback
-            except ReplicatorError as exc:
-                log.error("replication error: %s", exc)
-                self._pause(stop, 1.0)
-            # Poll fast while the app is writing; a third as often once it has been quiet for a second (each
-            # wake-up costs more than the poll itself). A first commit after a quiet spell waits <= 3 polls.
-            busy = time.monotonic() - self._last_news < 1.0
-            self._pause(stop, self.settings.poll_interval * (1 if busy else 3))
+    def _follow(self, now: float) -> float | None:
+        """One look at the database: do what the tracker says is due, and say when to look again."""
+        self._check_uploaders()
+        assert self.db is not None
+        try:
+            gone = self._gone_reason()
+            if gone is not None:
+                raise _FileGone(gone)
+            self._act(now)
+            self._spool_recovered()
+        except Discontinuity as exc:
+            self._begin_generation(exc.cause)
+        except DatabaseBusy:
+            return now + self.settings.poll_interval  # the app holds the write lock: try again next poll
+        except SpoolWriteFailed as exc:
+            self._spool_failed(exc)
+        except apsw.Error:
+            if self._gone_reason() is None:
+                raise  # not the file going away under us: a real failure, with its traceback
+            return now
+        except ReplicatorError as exc:
+            log.error("replication error: %s", exc)
+            return now + 1.0
+        return self._wake_at(time.monotonic())
 
-    def _halting(self, stop: threading.Event) -> bool:
-        """Whether to stop following: once `stop` is set and the app has closed the database, or the grace
+    def _wake_at(self, now: float) -> float | None:
+        """The tracker's answer, or sooner for a snapshot that is due or was asked for."""
+        wake = self.tracker.wake_at(now, unflushed=self._unflushed())
+        if self.outbox.snapshot_requested():
+            return now
+        if self.state is not None and self.state.txid > 0:
+            due_us = self.state.last_snapshot_us + self.settings.snapshot_interval * 1e6
+            snapshot_at = now + max(0.0, (due_us - _now_us()) / 1e6)
+            wake = snapshot_at if wake is None else min(wake, snapshot_at)
+        return wake
+
+    def _halting(self, now: float) -> bool:
+        """Whether to stop following, once told to stop: when the app has closed the database, or the grace
         period is over. An app signalled with us (a container stop) often commits its shutdown work a few
         ms later: that commit is shipped too."""
-        if not stop.is_set():
-            return False
-        now = time.monotonic()
         if self._stop_seen is None:
             self._stop_seen = now
             if self.db is None or self.settings.shutdown_grace <= 0 or not opened_elsewhere(self.db_path):
@@ -422,13 +472,6 @@ class Replicator:
         if now - self._stop_seen >= self.settings.shutdown_grace:
             return True
         return self.db is None or not opened_elsewhere(self.db_path)
-
-    @staticmethod
-    def _pause(stop: threading.Event, seconds: float) -> None:
-        if stop.is_set():
-            time.sleep(seconds)  # in the grace period: stop.wait would not wait at all
-        else:
-            stop.wait(seconds)
 
     def _check_uploaders(self) -> None:
         for u in self.uploaders:
@@ -448,59 +491,44 @@ class Replicator:
             return "left without its WAL (the -wal file was deleted or replaced)"
         return None
 
-    def _tick(self, due: bool) -> bool:
-        """One poll. Returns True if it shipped (so the next segment waits a sync interval)."""
+    def _act(self, now: float) -> None:
+        """Carry out the tracker's action for this poll, then a snapshot that is due or was asked for."""
         assert self.db is not None
-        if self._generation_wanted is not None:
-            if time.monotonic() >= self._retry_at:
-                self._begin_generation(self._generation_wanted)
-            return False
+        tracker = self.tracker
         index = self.db.read_index()
-        news = self._has_news(index)
-        shipped = False
-        if self._checkpointing and (due or not news):
-            self._repin(checkpoint=True)  # step 3 of the checkpoint, see _checkpoint
-            self._checkpointing = False
-            if self.armed:
-                self._idle_checkpoint_wait = 1.0
+        action = tracker.decide(index, now, unflushed=self._unflushed())
+        if action is Action.RETRY_GENERATION:
+            assert tracker.generation_wanted is not None
+            self._begin_generation(tracker.generation_wanted)
+            return
+        if action is Action.FINISH_CHECKPOINT:
+            self._repin(checkpoint=True)
+            quiet = tracker.checkpoint_finished()
             log.log(
-                logging.DEBUG if self._quiet_checkpoint else logging.INFO,
+                logging.DEBUG if quiet else logging.INFO,
                 "checkpoint: WAL copied into the database%s",
-                "; it restarts at the next write" if self.armed else " up to the app's oldest reader",
+                "; it restarts at the next write" if tracker.armed else " up to the app's oldest reader",
             )
-            shipped = news
-        elif news and due:
-            if index is not None and index.max_frame >= self.settings.min_checkpoint_pages and self._checkpoint_due():
-                self._checkpoint(quiet=False)
-            else:
-                self._capture()
-            shipped = True
-        elif self._unflushed() and time.monotonic() >= self._retry_at:
+        elif action is Action.CHECKPOINT or action is Action.IDLE_CHECKPOINT:
+            self._checkpoint(now, quiet=action is Action.IDLE_CHECKPOINT)
+        elif action is Action.CAPTURE:
+            self._capture(index)
+        elif action is Action.FLUSH:
             self._flush()  # the spool has room again: ship what waited, without waiting for a commit
-        elif not news and not self.armed and self._idle_checkpoint_due():
-            self._checkpoint(quiet=True)  # the app is quiet: empty the WAL (see the module docstring)
-        elif not news and self.armed and self._wal_oversized():
-            self._truncate_wal()
+        elif action is Action.TRUNCATE_WAL:
+            self._truncate_wal(now)
         if self.outbox.take_snapshot_request():
             log.info("a replica needs a new base: taking a snapshot for it")
             try:
                 self._snapshot()
             except BaseException:
-                self.outbox.request_snapshot()  # not lost: asked again next tick
+                self.outbox.request_snapshot()  # not lost: asked again next step
                 raise
         else:
             self._maybe_snapshot()
-        return shipped
-
-    def _has_news(self, index: wal.WalIndexHeader | None) -> bool:
-        if index is None:
-            return False
-        if self.cursor is None:
-            return index.max_frame > 0
-        return index.salt != self.cursor.salt or index.max_frame != self.cursor.frames
 
     def _unflushed(self) -> bool:
-        return bool(self.pending) or (self.state is not None and self.cursor != self.state.wal)
+        return bool(self.pending) or (self.state is not None and self.tracker.cursor != self.state.wal)
 
     # -- the local spool: written whole or not at all, retried while the disk is full ----------------------
 
@@ -536,62 +564,57 @@ class Replicator:
                 len(self.pending),
             )
         self._spool_trouble = str(exc)
-        self._retry_at = time.monotonic() + 0.25
+        self.tracker.spool_failed(time.monotonic())
 
     def _spool_recovered(self) -> None:
-        if self._spool_trouble is not None and not self._unflushed() and self._generation_wanted is None:
-            log.info("the spool is writable again; everything captured is queued for the replicas")
-            self._spool_trouble = None
+        if self._spool_trouble is None or self._unflushed() or self.tracker.generation_wanted is not None:
+            return
+        log.info("the spool is writable again; everything captured is queued for the replicas")
+        self._spool_trouble = None
+        self.tracker.spool_failing = False
 
     # -- capture: collect (scan and verify) then flush (encode into the spool) ---------------------------
 
-    def _capture(self) -> None:
-        self._collect()
+    def _capture(self, index: wal.WalIndexHeader | None = None) -> None:
+        self._collect(index)
         self._flush()
 
-    def _collect(self) -> None:
+    def _collect(self, index: wal.WalIndexHeader | None = None) -> None:
         """Take in every transaction SQLite's index says is committed beyond our cursor (cheap: a scan)."""
         assert self.db is not None
-        index = self.db.read_index()
-        cursor = self.cursor
-        if index is None or (cursor is not None and index.salt == cursor.salt and index.max_frame == cursor.frames):
+        tracker = self.tracker
+        if index is None:
+            index = self.db.read_index()
+        new_life = index is not None and (tracker.cursor is None or index.salt != tracker.cursor.salt)
+        header = self.wal_file.header() if new_life else None
+        plan = tracker.plan_collect(index, header)
+        if plan is Collect.NOTHING or plan is Collect.LATER:
             return
-        if cursor is None or index.salt != cursor.salt:
-            header = self.wal_file.header()
-            if header is None or header.salt != index.salt:
-                return  # the WAL is being restarted right now; look again next poll
-            if not self.armed:
-                raise _Discontinuity("the WAL was restarted without our pin (another process checkpointed)")
+        if plan is Collect.NEW_LIFE:
             if (gone := self._gone_reason()) is not None:
                 raise _FileGone(gone)  # the new WAL life is another file's (the app replaced the database)
             self._flush()  # what we hold belongs to the old life
-            self.life, self.armed = header, False  # one restart at most: the next change is not ours
-            cursor = self.cursor = WalPosition(header.salt, header.checkpoint_seq, 0, header.checksum)
-        if index.max_frame < cursor.frames:
-            raise _Discontinuity("the WAL shrank under our position")
-        assert self.life is not None
-        scanner = wal.FrameScanner(self.life, cursor.frames, cursor.checksum)
+            assert header is not None
+            tracker.enter_life(header)
+        cursor, life = tracker.cursor, tracker.life
+        assert index is not None and cursor is not None and life is not None
+        scanner = wal.FrameScanner(life, cursor.frames, cursor.checksum)
         transactions = list(self.wal_file.scan(scanner, index.max_frame))
         if (gone := self._gone_reason()) is not None:
             raise _FileGone(gone)  # frames read after the file went could be another file's: keep none
         end = transactions[-1].checksum if transactions else cursor.checksum
-        if scanner.committed_frames != index.max_frame or end != index.frame_checksum:
-            self._mismatches += 1  # a torn read of the index can do this once; persisting, it is real
-            if self._mismatches > 40:
-                raise _Discontinuity("the WAL's content does not match SQLite's index")
-            return
-        self._mismatches = 0
-        self.pending += transactions
-        self.cursor = replace(cursor, frames=index.max_frame, checksum=end)
+        if tracker.scanned(index, scanner.committed_frames, end):
+            self.pending += transactions
 
     def _flush(self) -> None:
         """Encode what was collected into the spool: one segment (unless huge), each with its state."""
         assert self.state is not None
+        cursor = self.tracker.cursor
         if not self.pending:
-            if self.cursor is not None and self.cursor != self.state.wal:
-                self._commit(None, None, replace(self.state, wal=self.cursor))
+            if cursor is not None and cursor != self.state.wal:
+                self._commit(None, None, replace(self.state, wal=cursor))
             return
-        life = self.life
+        life = self.tracker.life
         assert life is not None
         for batch in list(split_batches(self.pending, life.frame_size)):
             plan = plan_batch(batch)
@@ -641,7 +664,8 @@ class Replicator:
                         current = self.wal_file.header()
                         restarted = current is None or current.salt != life.salt
                     if not restarted:
-                        raise _Discontinuity(f"WAL frame {frame} no longer verifies although the WAL did not restart")
+                        detail = f"WAL frame {frame} no longer verifies although the WAL did not restart"
+                        raise Discontinuity(NewGeneration(Reason.FRAME_CHANGED, detail))
                     page = self.db.read_file((pgno - 1) * size, size).ljust(size, b"\0")
                 pages.append(page)
             return pages
@@ -659,74 +683,49 @@ class Replicator:
             if checkpoint:
                 self.db.checkpoint()
             self.db.pin()
-            index = self.db.read_index()
-            cursor = self.cursor
-            self.armed = (
-                index is not None
-                and index.backfilled == index.max_frame
-                and (cursor is None or (index.salt == cursor.salt and index.max_frame == cursor.frames))
-            )
+            self.tracker.repinned(self.db.read_index())
         self._flush()
 
-    def _truncate_wal(self) -> None:
+    def _truncate_wal(self, now: float) -> None:
         """After a burst, give the -wal file's space back (sqlite.py's truncate_wal): the WAL is wholly in the
         database and we hold read lock 0, so the app's next commit starts a life that continues our chain."""
         assert self.db is not None and self.state is not None
         size = self.db.wal_size()
-        if not self.db.truncate_wal():
-            self._truncate_wait = min(self._truncate_wait * 2, 60.0)  # an app reader is still on the WAL
-            self._truncate_at = time.monotonic() + self._truncate_wait
+        if size <= WAL_KEEP_BYTES:
+            self.tracker.truncated(Truncation.NOT_NEEDED, now)
             return
-        self._truncate_wait = 1.0
-        self.life, self.cursor, self.armed = None, None, True
+        if not self.db.truncate_wal():
+            self.tracker.truncated(Truncation.BUSY, now)  # an app reader is still on the WAL
+            return
+        self.tracker.truncated(Truncation.DONE, now)
         log.info("the app is quiet: cut %s-wal from %.1f MB to 0 (its size after a burst)", self.db_path, size / 1e6)
         self._commit(None, None, replace(self.state, wal=None, restored_digest=None))
 
-    def _wal_oversized(self) -> bool:
-        assert self.db is not None
-        quiet = time.monotonic() - self._last_news >= IDLE_CHECKPOINT_AFTER
-        return quiet and time.monotonic() >= self._truncate_at and self.db.wal_size() > WAL_KEEP_BYTES
-
-    def _checkpoint_due(self) -> bool:
-        failing = self._spool_trouble is not None  # keep the pages in the WAL until the spool takes them
-        return not failing and not self._checkpointing and time.monotonic() - self._last_checkpoint >= 1.0
-
-    def _idle_checkpoint_due(self) -> bool:
-        quiet = time.monotonic() - self._last_news >= IDLE_CHECKPOINT_AFTER
-        if not quiet or self._spool_trouble is not None or self._checkpointing:
-            return False
-        if time.monotonic() - self._last_checkpoint < self._idle_checkpoint_wait:
-            return False
-        self._idle_checkpoint_wait = min(self._idle_checkpoint_wait * 2, 60.0)  # reset once armed
-        return True
-
-    def _checkpoint(self, *, quiet: bool) -> None:
+    def _checkpoint(self, now: float, *, quiet: bool) -> None:
         """Keep the WAL bounded in three short steps, never waiting on the app's readers (no RESTART).
 
         1 (now, under the write lock): collect to the end and pin there. 2 (now, no lock of ours): PASSIVE
-        checkpoint, copying everything up to the pin. 3 (next tick, under the write lock): collect what came
+        checkpoint, copying everything up to the pin. 3 (a poll later, under the write lock): collect what came
         meanwhile, checkpoint that little, re-pin: armed if the whole WAL is in the database. Each step
-        ships within its tick's one segment.
+        ships within its poll's one segment.
         """
         assert self.db is not None
-        self._last_checkpoint = time.monotonic()
-        self._quiet_checkpoint = quiet
         self._collect()  # the bulk, before taking the lock
         self._repin()
         self.db.checkpoint()
-        self._checkpointing = True
+        self.tracker.checkpoint_started(now, quiet=quiet)
 
-    def _begin_generation(self, reason: str, previous: ShipperState | None = None) -> None:
+    def _begin_generation(self, cause: NewGeneration, previous: ShipperState | None = None) -> None:
         """Start a new generation; if its snapshot cannot be written yet, retry it from the loop."""
         try:
-            self._start_generation(reason, previous)
+            self._start_generation(cause, previous)
         except SpoolWriteFailed as exc:
-            self._generation_wanted = reason
+            self.tracker.generation_wanted = cause
             self._spool_failed(exc)
             return
-        self._generation_wanted = None
+        self.tracker.generation_wanted = None
 
-    def _start_generation(self, reason: str, previous: ShipperState | None = None) -> None:
+    def _start_generation(self, cause: NewGeneration, previous: ShipperState | None = None) -> None:
         """A new lineage: position at the WAL's committed end, and a snapshot of the database there."""
         assert self.db is not None
         previous = previous or self.state
@@ -747,11 +746,11 @@ class Replicator:
             wal=start.cursor,
             last_snapshot_us=now,
         )
-        if self._generation_wanted != reason:
-            log.info("starting generation %016x: %s", generation, reason)
+        if self.tracker.generation_wanted != cause:
+            log.info("starting generation %016x: %s", generation, cause)
         self._write_snapshot(state, start.life, now)
-        self.life, self.cursor, self.armed = start.life, start.cursor, start.armed
-        self.pending, self._mismatches, self._checkpointing = [], 0, False
+        self.tracker.follow(start.life, start.cursor, armed=start.armed)
+        self.pending = []
 
     def _starting_point(self) -> _Start:
         """Under the write lock: the WAL's committed end, and the pin moved there."""
@@ -795,7 +794,7 @@ class Replicator:
         now = _now_us()
         if self.outbox.has(SnapshotKey(self.state.generation, self.state.txid, now)):
             return
-        self._write_snapshot(replace(self.state, last_snapshot_us=now), self.life, now)
+        self._write_snapshot(replace(self.state, last_snapshot_us=now), self.tracker.life, now)
 
     def _write_snapshot(self, state: ShipperState, life: wal.WalHeader | None, now: int) -> None:
         """Spool the snapshot of `state`'s position (see snapshot.py for why the image is consistent)."""
@@ -834,10 +833,12 @@ class Replicator:
 
     def _let_go(self, why: str) -> None:
         """Close everything we hold on the old file, and clear its stale WAL as SQLite's last close would."""
-        armed, salt = self.armed, self.life.salt if self.life is not None else None
+        armed, life = self.tracker.armed, self.tracker.life
+        salt = life.salt if life is not None else None
         log.warning("%s was %s: letting go of it; replication resumes with a new generation", self.db_path, why)
         self._close()
-        self.life, self.cursor, self.pending, self.armed, self._checkpointing = None, None, [], False, False
+        self.tracker.lose()
+        self.pending = []
         stale = remove_stale_wal(self.db_path, salt)
         if stale is StaleWal.IN_USE and not armed:
             log.error(
@@ -848,21 +849,21 @@ class Replicator:
                 self.db_path,
                 why,
             )
-        self._gone = f"the database file was {why}"
+        self._gone = NewGeneration(Reason.FILE_GONE, f"the database file was {why}")
 
     # -- stopping -------------------------------------------------------------------------------------
 
-    def _finish(self, stop: threading.Event) -> None:
-        """Capture what is committed, drain every replica, prove what they hold, and report it."""
+    def _finish(self) -> None:
         deadline = time.monotonic() + self.settings.shutdown_timeout
-        if self.db is None and self._gone is None and check_database_file(self.db_path):
-            give_up = threading.Event()  # stopped before we could open it: it still gets shipped, in time
-            timer = threading.Timer(self.settings.shutdown_timeout, give_up.set)
-            timer.start()
-            try:
-                self._attach(give_up)
-            finally:
-                timer.cancel()
+        if not self._locked:
+            return  # stopped before the database's directory existed: nothing was ever ours
+        # Stopped before we could open it: it still gets shipped, in time.
+        while self.db is None and self._gone is None and time.monotonic() < deadline:
+            if not check_database_file(self.db_path):
+                break
+            self._attach(time.monotonic())
+            if self.db is None:
+                time.sleep(min(self._open_delay, max(0.0, deadline - time.monotonic())))
         self._captured_us = _now_us()
         if self.db is not None:
             self._final_capture(deadline)
@@ -884,7 +885,7 @@ class Replicator:
             if self.db is not None and self.outbox.take_snapshot_request():
                 try:
                     self._snapshot()
-                except (SpoolWriteFailed, DatabaseBusy, _Discontinuity) as exc:
+                except (SpoolWriteFailed, DatabaseBusy, Discontinuity) as exc:
                     log.error("snapshot for a replica failed: %s", exc)
                     self.outbox.request_snapshot()
             time.sleep(0.05)
@@ -897,13 +898,14 @@ class Replicator:
             try:
                 if self._gone_reason() is not None:
                     return
-                if self._generation_wanted is not None:
-                    self._begin_generation(self._generation_wanted)
-                if self._generation_wanted is None:
+                wanted = self.tracker.generation_wanted
+                if wanted is not None:
+                    self._begin_generation(wanted)
+                if self.tracker.generation_wanted is None:
                     self._capture()
                     return
-            except _Discontinuity as exc:
-                self._begin_generation(str(exc))
+            except Discontinuity as exc:
+                self._begin_generation(exc.cause)
             except SpoolWriteFailed as exc:
                 self._spool_failed(exc)
             except DatabaseBusy:
@@ -921,7 +923,7 @@ class Replicator:
         problems = []
         if head is None:
             problems.append(f"nothing of {self.db_path} was captured")
-        if self._generation_wanted is not None or self._unflushed():
+        if self.tracker.generation_wanted is not None or self._unflushed():
             problems.append(f"the last transactions could not be written to the local spool ({self._spool_trouble})")
         for u in self.uploaders:
             if u.proven is not None and u.proven == head:
@@ -961,10 +963,6 @@ class Replicator:
                 log.warning("%s: could not record the clean stop (%s); a restored copy starts afresh", client.url, exc)
 
 
-class _Discontinuity(Exception):
-    """The chain cannot be proven unbroken: the message is the reason a new generation starts."""
-
-
 class _FileGone(Exception):
     """The file we follow is no longer the app's database: the message says how."""
 
@@ -972,32 +970,3 @@ class _FileGone(Exception):
 def _why(exc: BaseException) -> str:
     cause = exc.__cause__ if isinstance(exc, StorageError) and isinstance(exc.__cause__, OSError) else exc
     return (cause.strerror if isinstance(cause, OSError) else None) or str(cause)
-
-
-def run_all(replicators: list[Replicator], stop: threading.Event) -> list[tuple[Path, BaseException]]:
-    """Run several databases side by side; returns each failure with its database.
-
-    Any exception ends in this list, so the process can exit non-zero: expected ones (ReplicatorError)
-    as one line, anything else logged here once with its traceback. The first failure stops the others,
-    which still ship what they captured.
-    """
-    failures: list[tuple[Path, BaseException]] = []
-
-    def one(r: Replicator) -> None:
-        try:
-            r.run(stop)
-        except ReplicatorError as exc:
-            failures.append((r.db_path, exc))
-            stop.set()
-        except BaseException as exc:
-            log.exception("replication of %s failed unexpectedly", r.db_path)
-            failures.append((r.db_path, exc))
-            stop.set()
-
-    threads = [threading.Thread(target=one, args=(r,), name=f"replicate {r.db_path}") for r in replicators]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(0.2)
-    return failures

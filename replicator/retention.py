@@ -57,3 +57,13 @@ def plan_retention(objects: Iterable[ObjectKey], now_us: int, window_us: int) ->
 
 def _snapshots_first(items: list[ObjectKey]) -> list[ObjectKey]:
     return [o for o in items if isinstance(o, SnapshotKey)] + [o for o in items if isinstance(o, SegmentKey)]
+
+
+def next_change(objects: Iterable[ObjectKey], now_us: int, window_us: int) -> int | None:
+    """When `plan_retention` could next delete more: the window's start passing a snapshot it has not passed.
+
+    The plan depends on time only through which snapshots are older than the window's start, so between
+    those moments nothing new can be deleted: an idle replica needs no retention check until then.
+    """
+    ends = (o.time_us + window_us for o in objects if isinstance(o, SnapshotKey))
+    return min((t for t in ends if t > now_us), default=None)

@@ -31,9 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .replicate import Replicator, run_all
+from .replicate import Replicator
 from .restore import ReplicaEmpty, RestorePlan, apply_plan, leave_state, list_replica, output_exists, plan_restore
 from .storage import ReplicaClient
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,13 @@ def exit_code_of(status: int) -> int:
 
 
 class Supervisor:
-    """Runs `command` as the child while `replicators` follow its databases (see the module docstring)."""
+    """Runs `command` as the child while the store follows its databases (see the module docstring)."""
 
-    def __init__(self, replicators: list[Replicator], command: Sequence[str]) -> None:
-        self.replicators = replicators
+    def __init__(self, store: Store, command: Sequence[str]) -> None:
+        self.store = store
+        self.replicators: list[Replicator] = store.replicators
         self.command = list(command)
-        self.stop = threading.Event()
+        self.stopping = False
         self.child: subprocess.Popen[bytes] | None = None
         self._failures: list[tuple[Path, BaseException]] = []
         self._replication = threading.Thread(target=self._replicate, name="replication")
@@ -88,8 +90,8 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED}
         try:
             self._replication.start()
-            if not self._wait_until_following() or self.stop.is_set():
-                self.stop.set()
+            if not self._wait_until_following() or self.stopping:
+                self.store.stop()
                 self._replication.join()
                 return Outcome(0, self._failures)
             # Its own process group: a Ctrl-C in a terminal reaches it once, through us, not twice.
@@ -97,7 +99,7 @@ class Supervisor:
             log.info("started the app (PID %d): %s", self.child.pid, " ".join(self.command))
             code = self._wait_for_child()
             log.info("the app exited with code %d; shipping what it committed", code)
-            self.stop.set()
+            self.store.stop()
             self._replication.join()
             return Outcome(code, self._failures)
         finally:
@@ -105,7 +107,7 @@ class Supervisor:
                 signal.signal(sig, handler)
 
     def _replicate(self) -> None:
-        self._failures.extend(run_all(self.replicators, self.stop))
+        self._failures.extend(self.store.run())
 
     def _wait_until_following(self) -> bool:
         """Step 2: every database followed (or waited for); False if replication failed first."""
@@ -121,7 +123,8 @@ class Supervisor:
             except ProcessLookupError:
                 pass
         elif sig in (signal.SIGTERM, signal.SIGINT):
-            self.stop.set()  # before the app started: just stop
+            self.stopping = True  # before the app started: just stop
+            self.store.stop()
 
     def _wait_for_child(self) -> int:
         """The child's exit code; reaps orphans as PID 1; stops the child if replication fails."""

@@ -68,6 +68,7 @@ class Outbox:
         self.uploaders: list[Uploader] = []
         self._head: Head | None = None
         self._snapshot_wanted = False
+        self.on_request: Callable[[], None] = lambda: None  # wakes the capture side (store.py) for a request
 
     @property
     def head(self) -> Head | None:
@@ -83,6 +84,11 @@ class Outbox:
         """Asked by an uploader whose replica needs a new base: the capture loop takes one soon."""
         with self.cond:
             self._snapshot_wanted = True
+        self.on_request()
+
+    def snapshot_requested(self) -> bool:
+        with self.cond:
+            return self._snapshot_wanted
 
     def take_snapshot_request(self) -> bool:
         with self.cond:

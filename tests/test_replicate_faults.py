@@ -25,9 +25,9 @@ from harness import Replicator, Writer, generations, restored_rows, rows, snapsh
 
 from replicator.config import Settings
 from replicator.replicate import Replicator as Engine
-from replicator.replicate import run_all
 from replicator.state import ShipperState, StateDir
 from replicator.storage import FileClient
+from replicator.store import Store
 
 OPTIONS = ("--sync-interval", "200ms")
 
@@ -121,13 +121,12 @@ def test_a_segment_whose_state_could_not_be_saved_is_written_again_not_skipped(
         real_save(self, state)
 
     monkeypatch.setattr(StateDir, "save", save)
-    engine = Engine(app_db, [file_replica.client], Settings(sync_interval=0.1))
-    stop = threading.Event()
-    thread = threading.Thread(target=run_all, args=([engine], stop))
+    store = Store([lambda: Engine(app_db, [file_replica.client], Settings(sync_interval=0.1))])
+    thread = threading.Thread(target=store.run)
     thread.start()
     writer_for(app_db).start(count=300, rate=300).wait()
     time.sleep(0.5)
-    stop.set()
+    store.stop()
     thread.join(60)
     assert len(calls) > 4 and "cannot save" in caplog.text
     assert restored_rows(file_replica.client, tmp_path) == rows(app_db)
@@ -492,10 +491,10 @@ def test_exclusive_locking_mode_is_an_error_naming_the_pragma(
 
 def test_an_unexpected_exception_in_a_worker_is_a_failure(tmp_path: Path) -> None:
     class Broken(Engine):
-        def run(self, stop: threading.Event) -> None:
+        def step(self, *, stopping: bool = False) -> float | None:
             raise KeyError("a bug")
 
-    failures = run_all([Broken(tmp_path / "app.db", [])], threading.Event())
+    failures = Store([lambda: Broken(tmp_path / "app.db", [])]).run()
     assert [type(exc) for _, exc in failures] == [KeyError]
 
 

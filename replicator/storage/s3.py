@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
@@ -256,12 +257,40 @@ class _Lent(io.RawIOBase):
         pass
 
 
+_clients: dict[tuple[str | None, str | None, ReplicaOptions, tuple[str | None, ...]], Boto3S3Client] = {}
+_clients_lock = threading.Lock()
+# What boto3 reads from the environment when a client is made: a change makes a new client (tests do it).
+_ENVIRONMENT = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_CA_BUNDLE",
+)
+
+
 def _make_client(endpoint_url: str | None, region: str | None, options: ReplicaOptions) -> Boto3S3Client:
+    """One boto3 client (one connection pool) per endpoint, region and credentials, however many databases
+    use it: boto3 clients are thread-safe, and each costs megabytes and its own connections."""
+    key = (endpoint_url, region, options, tuple(os.environ.get(name) for name in _ENVIRONMENT))
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = _new_client(endpoint_url, region, options)
+        return client
+
+
+def _new_client(endpoint_url: str | None, region: str | None, options: ReplicaOptions) -> Boto3S3Client:
     custom_endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
     config = Config(
         retries={"max_attempts": 1, "mode": "standard"},
         connect_timeout=10,
         read_timeout=60,
+        max_pool_connections=32,  # shared by every database and upload thread of the process
         # Path-style addressing for custom endpoints (MinIO, Ceph, moto on an IP address).
         s3={"addressing_style": "path"} if custom_endpoint else {},
         # Only send checksums when required: R2 and older S3-compatibles reject the newer defaults.

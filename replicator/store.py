@@ -1,0 +1,276 @@
+"""Many databases in one process: one thread keeps their schedule, a small pool of threads does their work.
+
+Rules:
+1. A database (replicate.Replicator) is stepped by one pool thread at a time; each step says when the
+   database is next due, or that only a file event can give it work. Nothing else wakes an idle database.
+2. File events (watch.py) make a database due at once, and once more a poll later: SQLite writes the WAL
+   before its index says the commit happened. A database already waiting to ship (its sync interval) is not
+   woken again by more commits.
+3. A sweep every SWEEP seconds looks at every database: it covers lost events. Databases whose directory
+   cannot be watched are looked at every few polls instead.
+4. A failing database is isolated: logged, let go (it ships what it captured), and started afresh after a
+   backoff while the others run on. If no database is left healthy, the store stops.
+5. Stopping: every database is stepped with `stopping` until it halts (after the grace period), then
+   finished on a wider pool (finishing mostly waits for uploads). `run` returns every database that ended
+   in failure; the caller turns them into the exit code.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ReplicatorError
+from .replicate import Replicator
+from .watch import Changes, Watcher, database_of
+
+log = logging.getLogger(__name__)
+
+SWEEP = 10.0  # seconds between looks at every database (rule 3)
+RETRY_FIRST, RETRY_MAX = 5.0, 300.0  # backoff of a failed database (rule 4)
+FINISH_WORKERS = 16
+
+Failure = tuple[Path, BaseException]
+
+
+@dataclass(eq=False)
+class _Entry:
+    make: Callable[[], Replicator]
+    replicator: Replicator
+    due: float | None = None
+    running: bool = False
+    event: bool = False  # a file event came that no step has looked at yet (rule 2)
+    stepped_for_event: bool = False  # the running step is such a look
+    watched: bool = False
+    failure: BaseException | None = None
+    failures: int = 0  # in a row: the backoff
+    retry_at: float = 0.0
+    done: bool = False  # finished, or failed while stopping
+
+    @property
+    def path(self) -> Path:
+        return self.replicator.db_path
+
+
+class Store:
+    """Runs databases side by side until `stop()` (see the module docstring)."""
+
+    def __init__(self, databases: Iterable[Callable[[], Replicator]], *, workers: int = 2) -> None:
+        self._workers = workers
+        self._watcher = Watcher()
+        self._stopping = threading.Event()
+        # Pool threads and uploaders talk to the schedule only through these two queues (and `_watcher.wake`).
+        self._results: queue.SimpleQueue[tuple[_Entry, str, float | None, BaseException | None]] = queue.SimpleQueue()
+        self._pokes: queue.SimpleQueue[_Entry] = queue.SimpleQueue()
+        self._heap: list[tuple[float, int, _Entry]] = []
+        self._seq = itertools.count()
+        self._entries: list[_Entry] = []
+        self._by_path: dict[Path, _Entry] = {}
+        for make in databases:
+            entry = _Entry(make, make())
+            entry.replicator.poke = self._poker(entry)
+            self._entries.append(entry)
+            self._by_path[entry.path] = entry
+
+    @property
+    def replicators(self) -> list[Replicator]:
+        return [e.replicator for e in self._entries]
+
+    def stop(self) -> None:
+        """Ship what is committed and stop (thread-safe, and safe in a signal handler)."""
+        self._stopping.set()
+        self._watcher.wake()
+
+    def _poker(self, entry: _Entry) -> Callable[[], None]:
+        def poke() -> None:
+            self._pokes.put(entry)
+            self._watcher.wake()
+
+        return poke
+
+    # -- the schedule (only the thread in `run` touches entries) -------------------------------------------
+
+    def _schedule(self, entry: _Entry, at: float | None) -> None:
+        if at is None or (entry.due is not None and entry.due <= at):
+            return
+        entry.due = at
+        heapq.heappush(self._heap, (at, next(self._seq), entry))
+
+    def _pop_due(self, now: float) -> list[_Entry]:
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            at, _, entry = heapq.heappop(self._heap)
+            if entry.due == at:
+                entry.due = None
+                due.append(entry)
+        return due
+
+    def run(self) -> list[Failure]:
+        work = ThreadPoolExecutor(self._workers, thread_name_prefix="capture")
+        finishing = ThreadPoolExecutor(FINISH_WORKERS, thread_name_prefix="finish")
+        stopping = False
+        next_sweep = time.monotonic() + SWEEP
+        try:
+            for entry in self._entries:
+                entry.watched = self._watcher.watch(entry.path.parent)
+                self._schedule(entry, time.monotonic())
+            while not all(e.done for e in self._entries):
+                now = time.monotonic()
+                if self._stopping.is_set() and not stopping:
+                    stopping = True
+                    for entry in self._entries:
+                        if entry.failure is not None and not entry.running:
+                            entry.done = True  # already let go; its failure stands
+                        self._schedule(entry, now)
+                for entry in self._pop_due(now):
+                    self._dispatch(entry, work, stopping)
+                timeout = max(0.0, min(self._heap[0][0] if self._heap else next_sweep, next_sweep) - now)
+                changes = self._watcher.wait(timeout)
+                self._collect(finishing, stopping)
+                self._changed(changes)
+                while not self._pokes.empty():
+                    self._schedule(self._pokes.get(), time.monotonic())
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP
+                    for entry in self._entries:
+                        self._schedule(entry, time.monotonic())
+        finally:
+            work.shutdown(wait=True)
+            finishing.shutdown(wait=True)
+            self._watcher.close()
+        return [(e.path, e.failure) for e in self._entries if e.failure is not None]
+
+    def _dispatch(self, entry: _Entry, work: ThreadPoolExecutor, stopping: bool) -> None:
+        if entry.done:
+            return
+        if entry.running:
+            entry.event = True  # look again once this step is over
+            return
+        entry.running = True
+        if entry.failure is not None:
+            if stopping:
+                entry.running, entry.done = False, True
+                return
+            work.submit(self._restart, entry)
+            return
+        entry.stepped_for_event, entry.event = entry.event, False
+        work.submit(self._step, entry, stopping)
+
+    def _changed(self, changes: Changes) -> None:
+        now = time.monotonic()
+        if changes.overflow:
+            for entry in self._entries:
+                self._schedule(entry, now)
+            return
+        for path in changes.written | changes.moved:
+            found = self._by_path.get(database_of(path))
+            if found is None or found.failure is not None:
+                continue
+            if path not in changes.moved and not found.running and found.replicator.news_pending:
+                continue  # already due at its sync interval (rule 2)
+            found.event = True
+            self._schedule(found, now)
+
+    def _collect(self, finishing: ThreadPoolExecutor, stopping: bool) -> None:
+        """Take in what the pool threads did: reschedule, finish, or isolate a failure (rule 4)."""
+        while not self._results.empty():
+            entry, outcome, wake, exc = self._results.get()
+            entry.running = False
+            now = time.monotonic()
+            if outcome == "stepped":
+                entry.failures = 0
+                if not entry.watched:
+                    entry.watched = self._watcher.watch(entry.path.parent)
+                if entry.replicator.halted:
+                    entry.running = True
+                    finishing.submit(self._finish, entry)
+                    continue
+                poll = entry.replicator.settings.poll_interval
+                if not entry.watched:
+                    wake = min(wake, now + 3 * poll) if wake is not None else now + 3 * poll
+                if entry.event:
+                    wake = now
+                elif entry.stepped_for_event:
+                    wake = min(wake, now + poll) if wake is not None else now + poll
+                self._schedule(entry, wake)
+            elif outcome == "finished":
+                entry.done = True
+                entry.failure = exc
+            elif outcome == "failed":
+                assert exc is not None
+                self._failed(entry, exc, finishing, stopping)
+            elif outcome == "abandoned":
+                if not entry.done:
+                    self._schedule(entry, max(entry.retry_at, now))
+            elif outcome == "restarted":
+                entry.failure = None
+                self._schedule(entry, now)
+
+    def _failed(self, entry: _Entry, exc: BaseException, finishing: ThreadPoolExecutor, stopping: bool) -> None:
+        entry.failure, entry.failures = exc, entry.failures + 1
+        entry.running = True  # until it has let go: its successor needs the lock it holds
+        finishing.submit(self._abandon, entry)
+        healthy = [e for e in self._entries if e.failure is None and not e.done]
+        if stopping or not healthy:
+            entry.done = True
+            if not healthy:
+                self.stop()  # nothing left to replicate: the others that failed are done too
+                for other in self._entries:
+                    if other.failure is not None and not other.running:
+                        other.done = True
+            return
+        delay = min(RETRY_FIRST * 2 ** (entry.failures - 1), RETRY_MAX)
+        log.error("%s: replication stopped (%s); the other databases go on; retrying in %.0fs", entry.path, exc, delay)
+        entry.retry_at = time.monotonic() + delay
+
+    # -- on the pool threads ----------------------------------------------------------------------------
+
+    def _step(self, entry: _Entry, stopping: bool) -> None:
+        try:
+            self._results.put((entry, "stepped", entry.replicator.step(stopping=stopping), None))
+        except BaseException as exc:
+            _log_unexpected(entry.path, exc)
+            self._results.put((entry, "failed", None, exc))
+        self._watcher.wake()
+
+    def _finish(self, entry: _Entry) -> None:
+        try:
+            entry.replicator.finish()
+            self._results.put((entry, "finished", None, None))
+        except BaseException as exc:
+            _log_unexpected(entry.path, exc)
+            self._results.put((entry, "finished", None, exc))
+        self._watcher.wake()
+
+    def _abandon(self, entry: _Entry) -> None:
+        try:
+            entry.replicator.abandon()
+        except BaseException:
+            log.exception("while letting go of %s after a failure", entry.path)
+        self._results.put((entry, "abandoned", None, None))
+        self._watcher.wake()
+
+    def _restart(self, entry: _Entry) -> None:
+        """Rule 4's retry: a fresh Replicator (its predecessor let go of everything)."""
+        try:
+            entry.replicator = entry.make()
+            entry.replicator.poke = self._poker(entry)
+            log.info("%s: starting again", entry.path)
+            self._results.put((entry, "restarted", None, None))
+        except BaseException as exc:
+            self._results.put((entry, "failed", None, exc))
+        self._watcher.wake()
+
+
+def _log_unexpected(path: Path, exc: BaseException) -> None:
+    """Expected failures (ReplicatorError) are one line, said by the caller; anything else gets its traceback."""
+    if not isinstance(exc, ReplicatorError):
+        log.error("replication of %s failed unexpectedly", path, exc_info=exc)
