@@ -94,7 +94,7 @@ class SpoolWriteFailed(ReplicatorError):
 
 
 class WorkerCrashed(ReplicatorError):
-    """An upload thread died of an unexpected exception (logged with its traceback where it happened)."""
+    """An upload step died of an unexpected exception (logged with its traceback where it happened)."""
 
 
 def _now_us() -> int:
@@ -277,8 +277,6 @@ class Replicator:
             for c in self.clients
         ]
         self.outbox.uploaders = self.uploaders
-        for u in self.uploaders:
-            u.start()
 
     def _open(self, now: float, listings: dict[str, set[ObjectKey] | None] | None) -> bool:
         """Open the database; False while the app holds its lock (a migration can take seconds)."""
@@ -880,7 +878,7 @@ class Replicator:
         """Let every uploader empty the spool and prove its replica, serving their snapshot requests."""
         for u in self.uploaders:
             u.stop(deadline)
-        while any(u.is_alive() for u in self.uploaders) and time.monotonic() < deadline:
+        while not all(u.done for u in self.uploaders) and time.monotonic() < deadline + 1:
             self._check_uploaders()
             if self.db is not None and self.outbox.take_snapshot_request():
                 try:
@@ -889,8 +887,6 @@ class Replicator:
                     log.error("snapshot for a replica failed: %s", exc)
                     self.outbox.request_snapshot()
             time.sleep(0.05)
-        for u in self.uploaders:
-            u.join(max(0.0, deadline - time.monotonic()) + 1)
         self._check_uploaders()
 
     def _final_capture(self, deadline: float) -> None:

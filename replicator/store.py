@@ -1,4 +1,4 @@
-"""Many databases in one process: one thread keeps their schedule, a small pool of threads does their work.
+"""Many databases in one process: one thread keeps their schedule, small pools of threads do their work.
 
 Rules:
 1. A database (replicate.Replicator) is stepped by one pool thread at a time; each step says when the
@@ -13,6 +13,10 @@ Rules:
 5. Stopping: every database is stepped with `stopping` until it halts (after the grace period), then
    finished on a wider pool (finishing mostly waits for uploads). `run` returns every database that ended
    in failure; the caller turns them into the exit code.
+6. Uploads (uploader.Uploader) are jobs of their own, stepped on one pool per replica endpoint (a bucket,
+   or the local file system) of UPLOADS_PER_ENDPOINT threads: a slow replica holds up no other, and a
+   step sends at most one object, so one busy database cannot keep the others' objects waiting (the
+   pool's queue is first in, first out). An idle uploader is woken only by its outbox's news.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import ReplicatorError
 from .replicate import Replicator
+from .uploader import Uploader
 from .watch import Changes, Watcher, database_of
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,7 @@ log = logging.getLogger(__name__)
 SWEEP = 10.0  # seconds between looks at every database (rule 3)
 RETRY_FIRST, RETRY_MAX = 5.0, 300.0  # backoff of a failed database (rule 4)
 FINISH_WORKERS = 16
+UPLOADS_PER_ENDPOINT = 4
 
 Failure = tuple[Path, BaseException]
 
@@ -60,6 +67,28 @@ class _Entry:
         return self.replicator.db_path
 
 
+@dataclass(eq=False)
+class _Upload:
+    """One uploader's place in the schedule (rule 6)."""
+
+    uploader: Uploader
+    owner: _Entry
+    replicator: Replicator  # the one it serves: a restarted database's new uploaders replace these
+    due: float | None = None
+    running: bool = False
+    event: bool = False
+
+    @property
+    def stale(self) -> bool:
+        return self.uploader.done or self.owner.replicator is not self.replicator
+
+
+def endpoint_of(url: str) -> str:
+    """The pool an upload runs on: s3://bucket (whatever the prefix), or the local file system."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme == "s3" else "file"
+
+
 class Store:
     """Runs databases side by side until `stop()` (see the module docstring)."""
 
@@ -68,9 +97,13 @@ class Store:
         self._watcher = Watcher()
         self._stopping = threading.Event()
         # Pool threads and uploaders talk to the schedule only through these two queues (and `_watcher.wake`).
-        self._results: queue.SimpleQueue[tuple[_Entry, str, float | None, BaseException | None]] = queue.SimpleQueue()
-        self._pokes: queue.SimpleQueue[_Entry] = queue.SimpleQueue()
-        self._heap: list[tuple[float, int, _Entry]] = []
+        self._results: queue.SimpleQueue[tuple[_Entry | _Upload, str, float | None, BaseException | None]] = (
+            queue.SimpleQueue()
+        )
+        self._pokes: queue.SimpleQueue[_Entry | _Upload] = queue.SimpleQueue()
+        self._heap: list[tuple[float, int, _Entry | _Upload]] = []
+        self._uploads: dict[int, _Upload] = {}  # by id(uploader)
+        self._upload_pools: dict[str, ThreadPoolExecutor] = {}
         self._seq = itertools.count()
         self._entries: list[_Entry] = []
         self._by_path: dict[Path, _Entry] = {}
@@ -98,13 +131,13 @@ class Store:
 
     # -- the schedule (only the thread in `run` touches entries) -------------------------------------------
 
-    def _schedule(self, entry: _Entry, at: float | None) -> None:
+    def _schedule(self, entry: _Entry | _Upload, at: float | None) -> None:
         if at is None or (entry.due is not None and entry.due <= at):
             return
         entry.due = at
         heapq.heappush(self._heap, (at, next(self._seq), entry))
 
-    def _pop_due(self, now: float) -> list[_Entry]:
+    def _pop_due(self, now: float) -> list[_Entry | _Upload]:
         due = []
         while self._heap and self._heap[0][0] <= now:
             at, _, entry = heapq.heappop(self._heap)
@@ -122,7 +155,7 @@ class Store:
             for entry in self._entries:
                 entry.watched = self._watcher.watch(entry.path.parent)
                 self._schedule(entry, time.monotonic())
-            while not all(e.done for e in self._entries):
+            while any(not e.done or e.running for e in self._entries):
                 now = time.monotonic()
                 if self._stopping.is_set() and not stopping:
                     stopping = True
@@ -130,14 +163,20 @@ class Store:
                         if entry.failure is not None and not entry.running:
                             entry.done = True  # already let go; its failure stands
                         self._schedule(entry, now)
-                for entry in self._pop_due(now):
-                    self._dispatch(entry, work, stopping)
+                for job in self._pop_due(now):
+                    if isinstance(job, _Upload):
+                        self._dispatch_upload(job)
+                    else:
+                        self._dispatch(job, work, stopping)
                 timeout = max(0.0, min(self._heap[0][0] if self._heap else next_sweep, next_sweep) - now)
                 changes = self._watcher.wait(timeout)
                 self._collect(finishing, stopping)
                 self._changed(changes)
                 while not self._pokes.empty():
-                    self._schedule(self._pokes.get(), time.monotonic())
+                    poked = self._pokes.get()
+                    if poked.running:
+                        poked.event = True  # its step may have missed the news: another one follows
+                    self._schedule(poked, time.monotonic())
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + SWEEP
                     for entry in self._entries:
@@ -145,6 +184,8 @@ class Store:
         finally:
             work.shutdown(wait=True)
             finishing.shutdown(wait=True)
+            for pool in self._upload_pools.values():
+                pool.shutdown(wait=True)
             self._watcher.close()
         return [(e.path, e.failure) for e in self._entries if e.failure is not None]
 
@@ -164,6 +205,40 @@ class Store:
         entry.stepped_for_event, entry.event = entry.event, False
         work.submit(self._step, entry, stopping)
 
+    def _dispatch_upload(self, job: _Upload) -> None:
+        if job.stale:
+            self._uploads.pop(id(job.uploader), None)
+            return
+        if job.running:
+            job.event = True
+            return
+        job.running, job.event = True, False
+        url = job.uploader.client.url
+        pool = self._upload_pools.get(endpoint_of(url))
+        if pool is None:
+            name = f"upload {endpoint_of(url)}"
+            pool = self._upload_pools[endpoint_of(url)] = ThreadPoolExecutor(UPLOADS_PER_ENDPOINT, name)
+        pool.submit(self._upload, job)
+
+    def _register_uploads(self, entry: _Entry) -> None:
+        """A database's uploaders join the schedule once it has started them (rule 6)."""
+        replicator = entry.replicator
+        fresh = [u for u in replicator.uploaders if id(u) not in self._uploads]
+        if not fresh:
+            return
+        jobs = [_Upload(u, entry, replicator) for u in fresh]
+        for job in jobs:
+            self._uploads[id(job.uploader)] = job
+            self._schedule(job, time.monotonic())
+        everyone = [self._uploads[id(u)] for u in replicator.uploaders]
+
+        def news() -> None:
+            for job in everyone:
+                self._pokes.put(job)
+            self._watcher.wake()
+
+        replicator.outbox.on_news = news
+
     def _changed(self, changes: Changes) -> None:
         now = time.monotonic()
         if changes.overflow:
@@ -182,10 +257,15 @@ class Store:
     def _collect(self, finishing: ThreadPoolExecutor, stopping: bool) -> None:
         """Take in what the pool threads did: reschedule, finish, or isolate a failure (rule 4)."""
         while not self._results.empty():
-            entry, outcome, wake, exc = self._results.get()
-            entry.running = False
+            job, outcome, wake, exc = self._results.get()
+            job.running = False
             now = time.monotonic()
+            if isinstance(job, _Upload):
+                self._uploaded(job, wake, exc)
+                continue
+            entry = job
             if outcome == "stepped":
+                self._register_uploads(entry)
                 entry.failures = 0
                 if not entry.watched:
                     entry.watched = self._watcher.watch(entry.path.parent)
@@ -214,6 +294,15 @@ class Store:
                 entry.failure = None
                 self._schedule(entry, now)
 
+    def _uploaded(self, job: _Upload, wake: float | None, exc: BaseException | None) -> None:
+        if exc is not None:
+            job.uploader.crashed = exc  # the database's next step fails with it (uploader rule 8)
+            self._schedule(job.owner, time.monotonic())
+            return
+        if job.event and not job.uploader.done:
+            wake = time.monotonic()
+        self._schedule(job, wake)
+
     def _failed(self, entry: _Entry, exc: BaseException, finishing: ThreadPoolExecutor, stopping: bool) -> None:
         entry.failure, entry.failures = exc, entry.failures + 1
         entry.running = True  # until it has let go: its successor needs the lock it holds
@@ -239,6 +328,14 @@ class Store:
         except BaseException as exc:
             _log_unexpected(entry.path, exc)
             self._results.put((entry, "failed", None, exc))
+        self._watcher.wake()
+
+    def _upload(self, job: _Upload) -> None:
+        try:
+            self._results.put((job, "uploaded", job.uploader.step(), None))
+        except BaseException as exc:
+            log.error("the upload thread for %s died", job.uploader.client.url, exc_info=exc)
+            self._results.put((job, "uploaded", None, exc))
         self._watcher.wake()
 
     def _finish(self, entry: _Entry) -> None:

@@ -1,4 +1,5 @@
-"""Moving spooled objects to the replicas: one thread per replica, so a slow or dead one holds up no other.
+"""Moving spooled objects to the replicas: one Uploader per replica, stepped on that replica's own pool
+(store.py), so a slow or dead replica holds up no other.
 
 Rules:
 1. What a replica holds is learnt from the replica, never assumed: one LIST when it is first reached, and
@@ -10,7 +11,8 @@ Rules:
    one if none is spooled: a gap is never shipped as if it were continuous.
 3. A spooled object is deleted only once every replica still served has it.
 4. While a replica is down, its uploader retries with capped backoff forever; what waits for it stays in
-   the spool on disk, never in memory.
+   the spool on disk, never in memory. Idle, an uploader has no wake-up of its own: the outbox wakes it
+   for news, and retention only when something can have aged out of the window.
 5. While uploads flow, a replica is probed right after the first upload and then at most once per verify
    interval: one LIST from where the last probe (or check) left off (keys.past_segments), which shows a
    wiped prefix or a re-created bucket (the snapshot our chain hangs from is gone) and a second live
@@ -21,8 +23,8 @@ Rules:
    head; only a proven replica counts as having everything.
 7. Retention runs here, from the inventory of what this replica holds (kept current by our own
    uploads): it costs requests only when there is something to delete.
-8. An unexpected exception ends the thread, is logged once with its traceback and kept in `crashed`:
-   the capture loop turns it into a failure of the whole database. Nothing dies quietly.
+8. An unexpected exception in a step is logged once with its traceback and kept in `crashed` (store.py):
+   the capture side turns it into a failure of the database. Nothing dies quietly.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from . import keys, ownership
 from .errors import StorageError
 from .keys import ObjectKey, SnapshotKey, chain_order
 from .lineage import NOTHING, ChainProof, Position, base_snapshot, continues, probe, prove_chain
-from .retention import plan_retention
+from .retention import next_change, plan_retention
 from .storage import ReplicaClient
 from .storage.file import FileClient
 
@@ -62,36 +64,40 @@ class Outbox:
 
     def __init__(self, spool: FileClient) -> None:
         self.spool = spool
-        self.cond = threading.Condition()
+        self._lock = threading.Lock()
         self._orders: list[Position] = []  # sorted: the chain order of each spooled object
         self._keys: dict[Position, ObjectKey] = {}
         self.uploaders: list[Uploader] = []
         self._head: Head | None = None
         self._snapshot_wanted = False
         self.on_request: Callable[[], None] = lambda: None  # wakes the capture side (store.py) for a request
+        self.on_news: Callable[[], None] = lambda: None  # wakes the uploaders (store.py): something to send
+
+    def notify(self) -> None:
+        self.on_news()
 
     @property
     def head(self) -> Head | None:
-        with self.cond:
+        with self._lock:
             return self._head
 
     def set_head(self, generation: int, txid: int) -> None:
-        with self.cond:
+        with self._lock:
             self._head = (generation, txid)
-            self.cond.notify_all()
+        self.on_news()
 
     def request_snapshot(self) -> None:
         """Asked by an uploader whose replica needs a new base: the capture loop takes one soon."""
-        with self.cond:
+        with self._lock:
             self._snapshot_wanted = True
         self.on_request()
 
     def snapshot_requested(self) -> bool:
-        with self.cond:
+        with self._lock:
             return self._snapshot_wanted
 
     def take_snapshot_request(self) -> bool:
-        with self.cond:
+        with self._lock:
             wanted, self._snapshot_wanted = self._snapshot_wanted, False
             return wanted
 
@@ -100,35 +106,35 @@ class Outbox:
         return self.key_at(chain_order(key)) is not None
 
     def key_at(self, order: Position) -> ObjectKey | None:
-        with self.cond:
+        with self._lock:
             return self._keys.get(order)
 
     def add(self, key: ObjectKey) -> None:
         order = chain_order(key)
-        with self.cond:
+        with self._lock:
             if order not in self._keys:
                 bisect.insort(self._orders, order)
             self._keys[order] = key
-            self.cond.notify_all()
+        self.on_news()
 
     def next_after(self, position: Position) -> ObjectKey | None:
-        with self.cond:
+        with self._lock:
             i = bisect.bisect_right(self._orders, position)
             return self._keys[self._orders[i]] if i < len(self._orders) else None
 
     def next_snapshot_after(self, position: Position) -> SnapshotKey | None:
-        with self.cond:
+        with self._lock:
             start = bisect.bisect_right(self._orders, position)
             found = (self._keys[o] for o in self._orders[start:] if o[2] == 1)
             return next((k for k in found if isinstance(k, SnapshotKey)), None)
 
     def backlog(self, position: Position) -> int:
-        with self.cond:
+        with self._lock:
             return len(self._orders) - bisect.bisect_right(self._orders, position)
 
     def collect(self) -> None:
         """Delete spooled objects every replica still served has."""
-        with self.cond:
+        with self._lock:
             served = [u.position for u in self.uploaders if not u.refused]
             if not served:
                 return
@@ -140,9 +146,16 @@ class Outbox:
 
 
 _WAIT = object()  # "nothing to send until the capture loop spools a snapshot"
+_SOON = 0.2  # seconds: how soon to look again when waiting for the capture side
 
 
-class Uploader(threading.Thread):
+class Uploader:
+    """Moves one database's spool to one replica, one `step` at a time (store.py runs the steps on a pool).
+
+    `step` does at most one request's worth of work and says when it is next due: None means "when the
+    outbox has news" (`Outbox.on_news`). `lock` keeps two threads from stepping it at once.
+    """
+
     def __init__(
         self,
         outbox: Outbox,
@@ -153,104 +166,101 @@ class Uploader(threading.Thread):
         retention_us: int,
         verify_interval: float = 30.0,
         takeover: bool = False,
-        retention_check_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(name=f"upload {client.url}", daemon=True)
         self.outbox = outbox
         self.client = client
         self.database = database
         self.held = held  # what the replica holds; None until it has answered a LIST
         self.position: Position = NOTHING
         self.refused: str | None = None
-        self.crashed: BaseException | None = None
+        self.crashed: BaseException | None = None  # set by whoever stepped it (rule 8)
         self.proven: Head | None = None  # set when stopping: what a fresh LIST proved the replica holds
+        self.done = False  # refused, proven after `stop`, or out of time: no more steps
         self.failing_since: float | None = None
         self.retention_us = retention_us
         self.verify_interval = verify_interval
-        self.retention_check_s = retention_check_s
         self.clock = clock
+        self.lock = threading.Lock()
         self._takeover = takeover
         self._checked = False  # position is known from a listing
         self._asked = False  # a snapshot was requested for this replica and has not arrived yet
+        self._backoff = 1.0
+        self._retention_at: float | None = 0.0  # wall-clock time retention may next delete something
         self._last_probe = 0.0
         self._probe_from: Head = (-1, 0)  # (generation, txid) the next probe lists from: the last one's end
         self._deadline: float | None = None  # set when stopping: keep draining until then
-        self._wake = threading.Event()
 
     def stop(self, deadline: float) -> None:
+        """Drain, prove (rule 6) and be done by `deadline` (time.monotonic())."""
         self._deadline = deadline
-        with self.outbox.cond:
-            self.outbox.cond.notify_all()
-        self._wake.set()
+        self.outbox.notify()
 
     @property
     def behind(self) -> int:
         return self.outbox.backlog(self.position)
 
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:
-            self.crashed = exc
-            log.exception("the upload thread for %s died", self.client.url)
-        finally:
-            with self.outbox.cond:
-                self.outbox.cond.notify_all()
-
     def _expired(self) -> bool:
         return self._deadline is not None and time.monotonic() > self._deadline
 
-    def _run(self) -> None:
-        backoff = 1.0
-        last_retention = self.clock()
-        while not self.refused and not self._expired():
+    def step(self) -> float | None:
+        """One request's worth of work (see the class docstring). Unexpected exceptions propagate (rule 8)."""
+        with self.lock:
+            if self.done or self.refused or self._expired():
+                self.done = True
+                return None
             try:
-                if not self._checked:
-                    if self.outbox.head is None:  # no generation spooled yet (e.g. a full disk at start)
-                        self._sleep(0.2)
-                        continue
-                    self._check(self.held)
-                    continue
-                key = self._next()
-                if key is _WAIT or key is None:
-                    if key is None and self._deadline is not None and self._prove():
-                        return
-                    if key is None and self.clock() - last_retention >= self.retention_check_s:
-                        last_retention = self.clock()
-                        self._apply_retention()
-                    self._idle()
-                    continue
-                assert isinstance(key, SnapshotKey | keys.SegmentKey)
-                self._send(key)
+                wake = self._step()
             except (StorageError, OSError) as exc:
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
                 self._checked = False  # rule 1: whatever happened, look at the replica before going on
                 self.held = None
-                log.error("upload to %s failed: %s; retrying in %.0fs", self.client.url, exc, backoff)
-                self._sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
+                log.error("upload to %s failed: %s; retrying in %.0fs", self.client.url, exc, self._backoff)
+                wake = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, 30.0)
+                if self._deadline is not None:
+                    wake = min(wake, self._deadline)
+                return wake
             except (ownership.ReplicaOwnedElsewhere, ownership.CorruptOwnerRecord) as exc:
                 self.refused = str(exc)
                 log.error("not uploading to %s: %s", self.client.url, exc)
-                return
-            backoff = 1.0
-            if self.failing_since is not None and self._checked:
-                log.info("replica %s is reachable again", self.client.url)
-                self.failing_since = None
+            if self.refused:
+                self.done = True
+            return None if self.done else wake
 
-    def _sleep(self, seconds: float) -> None:
-        if self._deadline is not None:
-            seconds = max(0.0, min(seconds, self._deadline - time.monotonic()))
-        self._wake.wait(seconds)
-        self._wake.clear()
+    def _step(self) -> float | None:
+        now = time.monotonic()
+        if not self._checked:
+            if self.outbox.head is None:  # no generation spooled yet (e.g. a full disk at start)
+                return now + _SOON
+            self._check(self.held)
+            self._recovered()
+            return now
+        key = self._next()
+        if key is None and self._deadline is not None:
+            if self._prove():
+                self.done = True
+                return None
+            return now
+        if key is None or key is _WAIT:
+            if key is None:
+                self._maybe_apply_retention()
+            if self._deadline is not None:
+                return now + 0.1
+            if self._retention_at is None:
+                return None
+            return now + max(0.0, self._retention_at - self.clock())
+        assert isinstance(key, SnapshotKey | keys.SegmentKey)
+        self._send(key)
+        self._recovered()
+        return now
 
-    def _idle(self) -> None:
-        with self.outbox.cond:
-            if self.outbox.next_after(self.position) is None or self._asked:
-                self.outbox.cond.wait(timeout=0.1 if self._deadline is not None else self.retention_check_s)
+    def _recovered(self) -> None:
+        self._backoff = 1.0
+        if self.failing_since is not None:
+            log.info("replica %s is reachable again", self.client.url)
+            self.failing_since = None
 
     # -- what to send ---------------------------------------------------------------------------------
 
@@ -359,10 +369,18 @@ class Uploader(threading.Thread):
         self._check(held)
         return False
 
+    def _maybe_apply_retention(self) -> None:
+        if self._retention_at is not None and self.clock() >= self._retention_at:
+            self._apply_retention()
+
     def _apply_retention(self) -> None:
+        """Rule 7; also works out when retention could next delete something (idle, it wakes only then)."""
         if self.held is None or self.refused:
             return
-        doomed = plan_retention(self.held, int(self.clock() * 1_000_000), self.retention_us)
+        now_us = int(self.clock() * 1_000_000)
+        doomed = plan_retention(self.held, now_us, self.retention_us)
+        next_us = next_change(self.held, now_us, self.retention_us)
+        self._retention_at = None if next_us is None else next_us / 1e6
         if not doomed:
             return
         try:
