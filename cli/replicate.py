@@ -6,6 +6,7 @@ import functools
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -14,9 +15,17 @@ from .common import setup_logging
 
 
 @click.command()
-@click.argument("db_path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("db_path", required=False)
 @click.argument("replica_urls", nargs=-1)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="YAML config.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Replicate every database in DIR; each one's replica is REPLICA_URL/its path relative to DIR.",
+)
+@click.option("--pattern", default="*.db", show_default=True, help="With --dir: which file names are databases.")
+@click.option("--recursive", is_flag=True, help="With --dir: look in subdirectories too.")
 @click.option("--sync-interval", help="At most one upload per replica per interval while busy. [default: 1s]")
 @click.option("--snapshot-interval", help="How often to take a fresh snapshot. [default: 24h]")
 @click.option("--retention", help="Point-in-time restore window kept on the replicas. [default: 24h]")
@@ -49,10 +58,13 @@ from .common import setup_logging
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def replicate(
-    db_path: Path | None,
+    db_path: str | None,
     replica_urls: tuple[str, ...],
     *,
     config_path: Path | None,
+    directory: Path | None,
+    pattern: str,
+    recursive: bool,
     takeover: bool,
     command: str | None,
     expand_env: bool,
@@ -65,6 +77,7 @@ def replicate(
       replicator replicate /data/app.db s3://bucket/app [/backups/app ...]
       replicator replicate -c replicator.yml          (ours, or a litestream.yml as it is)
       REPLICATOR_DB=/data/app.db REPLICATOR_URL=s3://bucket/app replicator replicate
+      replicator replicate --dir /data/tenants s3://bucket/tenants   (a/b.db -> s3://bucket/tenants/a/b.db)
 
     Runs until SIGTERM or SIGINT, then ships everything committed and exits 0 once every replica has
     proved it holds it (non-zero, naming what is missing, if not). A second replicator of the same database
@@ -74,7 +87,7 @@ def replicate(
     restored first, signals are passed on to the app, and when it exits everything it committed is shipped
     and we exit with its code.
     """
-    from replicator.config import resolve
+    from replicator.config import DirectoryConfig, Settings, resolve
     from replicator.errors import ReplicatorError
     from replicator.replicate import Replicator
     from replicator.store import Store
@@ -83,10 +96,25 @@ def replicate(
     from .main import exit_code
 
     setup_logging(verbose)
-    resolved = resolve(db_path, replica_urls, config_path, options, expand_env=expand_env)
+    if directory is not None:
+        urls = [u for u in (db_path, *replica_urls) if u is not None]
+        given = DirectoryConfig(directory, urls, Settings(), pattern, recursive)
+        resolved = resolve(None, [], config_path, options, directory=given, expand_env=expand_env)
+    else:
+        path = Path(db_path) if db_path is not None else None
+        resolved = resolve(path, replica_urls, config_path, options, expand_env=expand_env)
     command = command or resolved.exec_command
+
+    def replicator_in(d: DirectoryConfig) -> Callable[[Path], Replicator]:
+        def make(path: Path) -> Replicator:
+            one = d.database(path)
+            return Replicator(path, one.clients(), one.settings, takeover=takeover)
+
+        return make
+
     store = Store(
-        [functools.partial(Replicator, d.path, d.clients(), d.settings, takeover=takeover) for d in resolved.databases]
+        [functools.partial(Replicator, d.path, d.clients(), d.settings, takeover=takeover) for d in resolved.databases],
+        directories=[(d, replicator_in(d)) for d in resolved.directories],
     )
     child_code = 0
     if command is not None:

@@ -14,7 +14,9 @@ from .common import GenerationId, Timestamp, Txid, human_bytes, open_source
 
 @click.command()
 @click.argument("source")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Database file to create.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Database file to create (a directory with --dir-all)."
+)
 @click.option(
     "-c",
     "--config",
@@ -29,6 +31,11 @@ from .common import GenerationId, Timestamp, Txid, human_bytes, open_source
 @click.option("--parallelism", type=click.IntRange(1, 64), default=8, show_default=True, help="Concurrent downloads.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (generation, objects, bytes) and fetch nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option(
+    "--dir-all",
+    is_flag=True,
+    help="SOURCE is a `replicate --dir` base URL: restore every database under it into the directory -o.",
+)
 def restore(
     source: str,
     *,
@@ -42,6 +49,7 @@ def restore(
     parallelism: int,
     dry_run: bool,
     quiet: bool,
+    dir_all: bool,
 ) -> None:
     """Rebuild a database from a replica: its latest state, or as of --timestamp / --txid.
 
@@ -49,6 +57,7 @@ def restore(
       replicator restore s3://bucket/app -o /data/app.db
       replicator restore --timestamp 2026-11-21T14:03:00Z s3://bucket/app -o /tmp/before.db
       replicator restore -c replicator.yml /data/app.db --if-db-not-exists --if-replica-exists
+      replicator restore --dir-all s3://bucket/tenants -o /data/tenants
 
     The output appears only when it is complete and has passed PRAGMA integrity_check. A restore of the
     latest state also leaves .NAME-replicator/ beside it, so that `replicate` continues its generation
@@ -59,6 +68,11 @@ def restore(
 
     if timestamp is not None and txid is not None:
         raise click.UsageError("give --timestamp or --txid, not both")
+    if dir_all:
+        if output is None or config is not None or dry_run or None not in (timestamp, txid, generation):
+            raise click.UsageError("--dir-all takes SOURCE -o DIR (the latest state of each database)")
+        _restore_directory(source, output, parallelism, if_db_not_exists, quiet)
+        return
     client, configured = open_source(source, config)
     output = output or configured
     if output is None and not dry_run:
@@ -113,3 +127,21 @@ def restore(
     if timestamp is None and txid is None and generation is None:
         lib.leave_state(output, plan, digest)  # `replicate` continues from here instead of a new snapshot
     say(f"restored {output}: {summary} in {time.monotonic() - started:.1f}s")
+
+
+def _restore_directory(source: str, output: Path, parallelism: int, if_db_not_exists: bool, quiet: bool) -> None:
+    from replicator.directory import restore_all
+    from replicator.errors import ReplicatorError
+
+    started = time.monotonic()
+    done = restore_all(source, output, parallelism=parallelism, if_db_not_exists=if_db_not_exists)
+    for name, exc in done.failed:
+        click.echo(f"error: {name}: {exc}", err=True)
+    if not quiet:
+        click.echo(
+            f"restored {len(done.restored)} databases into {output} in {time.monotonic() - started:.1f}s"
+            + (f"; {len(done.skipped)} existed already" if done.skipped else ""),
+            err=True,
+        )
+    if done.failed:
+        raise ReplicatorError(f"{len(done.failed)} of {len(done.failed) + len(done.restored)} databases failed")

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import yaml
 
@@ -74,6 +74,35 @@ class DatabaseConfig:
 
     def clients(self) -> list[ReplicaClient]:
         return [self.client(u) for u in self.replicas]
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    """Every database in a directory (directory.py finds them): each one's replica is a URL + its relative path."""
+
+    dir: Path
+    replicas: list[str]  # base URLs
+    settings: Settings
+    pattern: str = "*.db"
+    recursive: bool = False
+    options: dict[str, ReplicaOptions] = field(default_factory=dict)  # per base URL
+
+    def database(self, path: Path) -> DatabaseConfig:
+        """The config of one database found in the directory: `s3://b/tenants` + `a/b.db` -> `s3://b/tenants/a/b.db`."""
+        relative = Path(os.path.abspath(path)).relative_to(os.path.abspath(self.dir))
+        urls = {base: replica_url_for(base, relative) for base in self.replicas}
+        options = {urls[base]: opts for base, opts in self.options.items() if base in urls}
+        return DatabaseConfig(path, list(urls.values()), self.settings, options)
+
+
+def replica_url_for(base: str, relative: Path | str) -> str:
+    """A database's own replica URL under a directory's base URL (query options such as ?endpoint= kept)."""
+    rel = Path(relative).as_posix().strip("/")
+    parts = urlsplit(base)
+    if parts.scheme in ("s3", "file"):
+        tail = quote(rel) if parts.scheme == "file" else rel  # file URLs are percent-encoded, S3 prefixes raw
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + tail))
+    return str(Path(base) / rel)
 
 
 _SETTING_KEYS = {
@@ -153,10 +182,11 @@ _ENV = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 
 @dataclass(frozen=True, slots=True)
 class ConfigFile:
-    """What a config file says: the databases, and the app to supervise (`exec:`), if any."""
+    """What a config file says: the databases, the directories of databases, and the app to supervise."""
 
     databases: list[DatabaseConfig]
     exec_command: str | None
+    directories: list[DirectoryConfig] = field(default_factory=list)
 
 
 def load_config(path: Path, *, expand_env: bool = True) -> list[DatabaseConfig]:
@@ -188,10 +218,16 @@ def read_config(path: Path, *, expand_env: bool = True) -> ConfigFile:
         raise ConfigError(f"config {path} needs a non-empty 'dbs' list")
     reader = _Reader(path)
     shared, s3_defaults, exec_command = reader.top(data)
-    databases = [reader.database(i, entry, shared, s3_defaults) for i, entry in enumerate(data["dbs"])]
+    databases: list[DatabaseConfig] = []
+    directories: list[DirectoryConfig] = []
+    for i, entry in enumerate(data["dbs"]):
+        if isinstance(entry, _Mapping) and "dir" in entry:
+            directories.append(reader.directory(i, entry, shared, s3_defaults))
+        else:
+            databases.append(reader.database(i, entry, shared, s3_defaults))
     reader.warn()
     check_one_database_per_replica(databases, f"config {path}")
-    return ConfigFile(databases, exec_command)
+    return ConfigFile(databases, exec_command, directories)
 
 
 def expand_environment(text: str, environ: Mapping[str, str] | None = None) -> str:
@@ -266,14 +302,25 @@ class _Reader:
             raise ConfigError(f"config {self.path}: exec must be a command line (a string)")
         return make_settings(_our_names(values)), s3_defaults, exec_command or None
 
+    def directory(self, i: int, entry: _Mapping, shared: Settings, s3_defaults: dict[str, Any]) -> DirectoryConfig:
+        """`dir:` (with `pattern:` and `recursive:`), as in Litestream 0.5; replicas as for one database."""
+        allowed = {"dir", "pattern", "recursive", "replicas", "replica", *_SETTING_KEYS, *_LITESTREAM_NAMES}
+        self._check_keys(entry, f"dbs[{i}].", allowed, "db")
+        pattern, recursive = entry.get("pattern", "*.db"), entry.get("recursive", False)
+        if not isinstance(pattern, str) or not pattern or "/" in pattern:
+            raise ConfigError(f"config {self.path}: dbs[{i}].pattern must be a file name pattern such as '*.db'")
+        if not isinstance(recursive, bool):
+            raise ConfigError(f"config {self.path}: dbs[{i}].recursive must be true or false")
+        one = self.database(i, entry, shared, s3_defaults)
+        return DirectoryConfig(one.path, one.replicas, one.settings, pattern, recursive, one.options)
+
     def database(self, i: int, entry: object, shared: Settings, s3_defaults: dict[str, Any]) -> DatabaseConfig:
         where = f"dbs[{i}]."
-        if not isinstance(entry, _Mapping) or "path" not in entry:
-            if isinstance(entry, _Mapping) and "dir" in entry:
-                raise ConfigError(f"config {self.path}: dbs[{i}] replicates a directory, which is not supported yet")
-            raise ConfigError(f"config {self.path}: dbs[{i}] needs a 'path'")
-        allowed = {"path", "replicas", "replica", *_SETTING_KEYS, *_LITESTREAM_NAMES}
-        self._check_keys(entry, where, allowed, "db")
+        if not isinstance(entry, _Mapping) or ("path" not in entry and "dir" not in entry):
+            raise ConfigError(f"config {self.path}: dbs[{i}] needs a 'path' (or a 'dir')")
+        if "dir" not in entry:
+            allowed = {"path", "replicas", "replica", *_SETTING_KEYS, *_LITESTREAM_NAMES}
+            self._check_keys(entry, where, allowed, "db")
         listed = entry.get("replicas") or ([entry["replica"]] if entry.get("replica") else [])
         if not isinstance(listed, list) or not listed:
             raise ConfigError(f"config {self.path}: dbs[{i}] needs a list of replica URLs")
@@ -286,7 +333,7 @@ class _Reader:
             per_replica.append(intervals)
         own = {k: v for k, v in entry.items() if k in _SETTING_KEYS or k in _LITESTREAM_NAMES}
         settings = make_settings(_our_names(own), make_settings(self._merge(per_replica, where), shared))
-        return DatabaseConfig(Path(str(entry["path"])), urls, settings, options)
+        return DatabaseConfig(Path(str(entry.get("path") or entry["dir"])), urls, settings, options)
 
     def replica(
         self, where: str, item: object, defaults: dict[str, Any], i: int
@@ -355,6 +402,7 @@ def resolve(
     config_path: Path | None,
     flags: Mapping[str, Any],
     *,
+    directory: DirectoryConfig | None = None,
     expand_env: bool = True,
     environ: Mapping[str, str] | None = None,
 ) -> ConfigFile:
@@ -366,8 +414,12 @@ def resolve(
     given = {k.replace("_", "-"): v for k, v in flags.items() if v is not None}
     layered = {**settings_from_environment(env), **given}
     exec_command = env.get("REPLICATOR_EXEC") or None
-    if config_path is not None and (db_path is not None or urls):
+    if config_path is not None and (db_path is not None or urls or directory is not None):
         raise ConfigError("give either -c CONFIG or DB_PATH REPLICA_URL..., not both")
+    if directory is not None:
+        if not directory.replicas:
+            raise ConfigError("give --dir DIR and at least one REPLICA_URL")
+        return ConfigFile([], exec_command, [replace(directory, settings=make_settings(layered))])
     named = (db_path, list(urls)) if db_path is not None or urls else None
     if named is None and config_path is None:
         named = database_from_environment(env)
@@ -387,7 +439,8 @@ def resolve(
         )
     file = read_config(path, expand_env=expand_env)
     databases = [replace(d, settings=make_settings(layered, d.settings)) for d in file.databases]
-    return ConfigFile(databases, exec_command or file.exec_command)
+    directories = [replace(d, settings=make_settings(layered, d.settings)) for d in file.directories]
+    return ConfigFile(databases, exec_command or file.exec_command, directories)
 
 
 def settings_from_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:

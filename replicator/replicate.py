@@ -140,6 +140,7 @@ class Replicator:
         self.tracker = Tracker(self.settings)
         self.pending: list[wal.Transaction] = []  # collected, not yet in the spool
         self.halted = False  # set by `step` once stopping is due: `finish` comes next
+        self.on_uploaders: Callable[[], None] = lambda: None  # the store schedules them (store.py)
         self.following = threading.Event()  # set once the database is followed, or waited for (supervise.py)
         self._locked = False
         self._waiting_said = False  # "waiting for ... to be created" was logged
@@ -277,6 +278,7 @@ class Replicator:
             for c in self.clients
         ]
         self.outbox.uploaders = self.uploaders
+        self.on_uploaders()
 
     def _open(self, now: float, listings: dict[str, set[ObjectKey] | None] | None) -> bool:
         """Open the database; False while the app holds its lock (a migration can take seconds)."""
@@ -526,6 +528,9 @@ class Replicator:
             self._maybe_snapshot()
 
     def _unflushed(self) -> bool:
+        """Captured transactions wait for the spool (never after letting go of a file: its pages went with it)."""
+        if self.db is None:
+            return False
         return bool(self.pending) or (self.state is not None and self.tracker.cursor != self.state.wal)
 
     # -- the local spool: written whole or not at all, retried while the disk is full ----------------------
@@ -853,8 +858,8 @@ class Replicator:
 
     def _finish(self) -> None:
         deadline = time.monotonic() + self.settings.shutdown_timeout
-        if not self._locked:
-            return  # stopped before the database's directory existed: nothing was ever ours
+        if not self._locked and not self._lock():
+            return  # stopped while the database's directory does not exist: nothing to ship
         # Stopped before we could open it: it still gets shipped, in time.
         while self.db is None and self._gone is None and time.monotonic() < deadline:
             if not check_database_file(self.db_path):

@@ -249,7 +249,7 @@ class Database:
 
     def ensure_wal_mode(self) -> bool:
         """Switch the database to WAL mode if it is not; True if we switched it."""
-        with _busy_is(f"{self.path} is locked by the app"):
+        with _busy_is(f"{self.path} is locked by the app"), _corrupt_is(self.path):
             mode = str(self._reader.execute("PRAGMA journal_mode").fetchall()[0][0]).lower()
             if mode == "wal":
                 return False
@@ -354,6 +354,17 @@ class Database:
             size = self._reader.execute("PRAGMA page_size").fetchall()[0][0]
         assert isinstance(size, int)
         return size
+
+
+@contextmanager
+def _corrupt_is(path: Path) -> Iterator[None]:
+    """A file with SQLite's magic but garbage after it: one clear error, not a traceback."""
+    try:
+        yield
+    except (apsw.NotADBError, apsw.CorruptError) as exc:
+        raise NotADatabase(
+            f"{path} is not a valid SQLite database (SQLite says: {exc}); refusing to touch it"
+        ) from None
 
 
 @contextmanager

@@ -21,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -29,10 +30,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import directory as directory_
+from .config import DirectoryConfig
 from .errors import ReplicatorError
 from .replicate import Replicator
 from .uploader import Uploader
@@ -61,6 +64,7 @@ class _Entry:
     failures: int = 0  # in a row: the backoff
     retry_at: float = 0.0
     done: bool = False  # finished, or failed while stopping
+    removing: bool = False  # a directory's database that was deleted: finish it and forget it
 
     @property
     def path(self) -> Path:
@@ -92,7 +96,13 @@ def endpoint_of(url: str) -> str:
 class Store:
     """Runs databases side by side until `stop()` (see the module docstring)."""
 
-    def __init__(self, databases: Iterable[Callable[[], Replicator]], *, workers: int = 2) -> None:
+    def __init__(
+        self,
+        databases: Iterable[Callable[[], Replicator]],
+        *,
+        directories: Iterable[tuple[DirectoryConfig, Callable[[Path], Replicator]]] = (),
+        workers: int = 2,
+    ) -> None:
         self._workers = workers
         self._watcher = Watcher()
         self._stopping = threading.Event()
@@ -101,17 +111,24 @@ class Store:
             queue.SimpleQueue()
         )
         self._pokes: queue.SimpleQueue[_Entry | _Upload] = queue.SimpleQueue()
+        self._registrations: queue.SimpleQueue[_Entry] = queue.SimpleQueue()
         self._heap: list[tuple[float, int, _Entry | _Upload]] = []
         self._uploads: dict[int, _Upload] = {}  # by id(uploader)
         self._upload_pools: dict[str, ThreadPoolExecutor] = {}
         self._seq = itertools.count()
         self._entries: list[_Entry] = []
         self._by_path: dict[Path, _Entry] = {}
+        self._ended: list[Failure] = []  # failures of databases no longer in the schedule (deleted ones)
+        self._directories = [(replace(d, dir=d.dir.resolve()), make) for d, make in directories]
         for make in databases:
-            entry = _Entry(make, make())
-            entry.replicator.poke = self._poker(entry)
-            self._entries.append(entry)
-            self._by_path[entry.path] = entry
+            self._add(make)
+
+    def _add(self, make: Callable[[], Replicator]) -> _Entry:
+        entry = _Entry(make, make())
+        self._hook(entry)
+        self._entries.append(entry)
+        self._by_path[entry.path] = entry
+        return entry
 
     @property
     def replicators(self) -> list[Replicator]:
@@ -122,12 +139,19 @@ class Store:
         self._stopping.set()
         self._watcher.wake()
 
-    def _poker(self, entry: _Entry) -> Callable[[], None]:
+    def _hook(self, entry: _Entry) -> None:
+        """Let the database (from any thread) ask for a step, and have its uploaders scheduled as it starts them."""
+
         def poke() -> None:
             self._pokes.put(entry)
             self._watcher.wake()
 
-        return poke
+        def uploaders() -> None:
+            self._registrations.put(entry)
+            self._watcher.wake()
+
+        entry.replicator.poke = poke
+        entry.replicator.on_uploaders = uploaders
 
     # -- the schedule (only the thread in `run` touches entries) -------------------------------------------
 
@@ -155,7 +179,16 @@ class Store:
             for entry in self._entries:
                 entry.watched = self._watcher.watch(entry.path.parent)
                 self._schedule(entry, time.monotonic())
-            while any(not e.done or e.running for e in self._entries):
+            for config, _ in self._directories:
+                log.info(
+                    "replicating every database named %s in %s%s to %s",
+                    config.pattern,
+                    config.dir,
+                    " and its subdirectories" if config.recursive else "",
+                    ", ".join(f"{url}/<its path in {config.dir.name}>" for url in config.replicas),
+                )
+            self._discover()
+            while any(not e.done or e.running for e in self._entries) or (self._directories and not stopping):
                 now = time.monotonic()
                 if self._stopping.is_set() and not stopping:
                     stopping = True
@@ -172,6 +205,8 @@ class Store:
                 changes = self._watcher.wait(timeout)
                 self._collect(finishing, stopping)
                 self._changed(changes)
+                while not self._registrations.empty():
+                    self._register_uploads(self._registrations.get())
                 while not self._pokes.empty():
                     poked = self._pokes.get()
                     if poked.running:
@@ -181,13 +216,47 @@ class Store:
                     next_sweep = time.monotonic() + SWEEP
                     for entry in self._entries:
                         self._schedule(entry, time.monotonic())
+                    if not stopping:
+                        self._discover()
         finally:
             work.shutdown(wait=True)
             finishing.shutdown(wait=True)
             for pool in self._upload_pools.values():
                 pool.shutdown(wait=True)
             self._watcher.close()
-        return [(e.path, e.failure) for e in self._entries if e.failure is not None]
+        return self._ended + [(e.path, e.failure) for e in self._entries if e.failure is not None]
+
+    # -- directories (directory.py) -----------------------------------------------------------------------
+
+    def _discover(self, within: Path | None = None) -> None:
+        """Watch the directories and take in every database in them not followed yet (all, or `within`'s)."""
+        for config, make in self._directories:
+            for directory in directory_.directories(config):
+                if within is None or directory == within or directory.is_relative_to(within):
+                    self._watcher.watch(directory)
+            for path in directory_.scan(config):
+                if within is None or path.parent == within or path.is_relative_to(within):
+                    self._found(path, make)
+
+    def _found(self, path: Path, make: Callable[[Path], Replicator]) -> None:
+        if path.resolve() in self._by_path:
+            return
+        entry = self._add(functools.partial(make, path))
+        log.info(
+            "%s: a new database in the directory; replicating it to %s",
+            entry.path,
+            ", ".join(c.url for c in entry.replicator.clients),
+        )
+        entry.watched = self._watcher.watch(entry.path.parent)
+        self._schedule(entry, time.monotonic())
+
+    def _directory_change(self, path: Path) -> None:
+        """A file event in a watched directory that is not about a database we follow."""
+        for config, make in self._directories:
+            if config.recursive and path.is_dir() and path.is_relative_to(config.dir):
+                self._discover(within=path)  # a new subdirectory (files may already be in it)
+            elif directory_.matches(config, path) and directory_.is_database(path):
+                self._found(path, make)
 
     def _dispatch(self, entry: _Entry, work: ThreadPoolExecutor, stopping: bool) -> None:
         if entry.done:
@@ -203,7 +272,10 @@ class Store:
             work.submit(self._restart, entry)
             return
         entry.stepped_for_event, entry.event = entry.event, False
-        work.submit(self._step, entry, stopping)
+        work.submit(self._step, entry, stopping or entry.removing)
+
+    def _in_directory(self, path: Path) -> bool:
+        return any(directory_.matches(config, path) for config, _ in self._directories)
 
     def _dispatch_upload(self, job: _Upload) -> None:
         if job.stale:
@@ -247,8 +319,14 @@ class Store:
             return
         for path in changes.written | changes.moved:
             found = self._by_path.get(database_of(path))
-            if found is None or found.failure is not None:
+            if found is None:
+                if self._directories and path == database_of(path):
+                    self._directory_change(path)
                 continue
+            if found.failure is not None:
+                continue
+            if self._directories and path == found.path and not path.exists() and self._in_directory(found.path):
+                found.removing = True  # deleted: finished cleanly, its replica kept
             if path not in changes.moved and not found.running and found.replicator.news_pending:
                 continue  # already due at its sync interval (rule 2)
             found.event = True
@@ -265,7 +343,6 @@ class Store:
                 continue
             entry = job
             if outcome == "stepped":
-                self._register_uploads(entry)
                 entry.failures = 0
                 if not entry.watched:
                     entry.watched = self._watcher.watch(entry.path.parent)
@@ -284,6 +361,8 @@ class Store:
             elif outcome == "finished":
                 entry.done = True
                 entry.failure = exc
+                if entry.removing:
+                    self._forget(entry)
             elif outcome == "failed":
                 assert exc is not None
                 self._failed(entry, exc, finishing, stopping)
@@ -293,6 +372,13 @@ class Store:
             elif outcome == "restarted":
                 entry.failure = None
                 self._schedule(entry, now)
+
+    def _forget(self, entry: _Entry) -> None:
+        """A deleted database of a directory is finished: out of the schedule (a new file there is new)."""
+        self._entries.remove(entry)
+        del self._by_path[entry.path]
+        if entry.failure is not None:
+            self._ended.append((entry.path, entry.failure))
 
     def _uploaded(self, job: _Upload, wake: float | None, exc: BaseException | None) -> None:
         if exc is not None:
@@ -308,7 +394,7 @@ class Store:
         entry.running = True  # until it has let go: its successor needs the lock it holds
         finishing.submit(self._abandon, entry)
         healthy = [e for e in self._entries if e.failure is None and not e.done]
-        if stopping or not healthy:
+        if stopping or (not healthy and not self._directories):
             entry.done = True
             if not healthy:
                 self.stop()  # nothing left to replicate: the others that failed are done too
@@ -359,7 +445,7 @@ class Store:
         """Rule 4's retry: a fresh Replicator (its predecessor let go of everything)."""
         try:
             entry.replicator = entry.make()
-            entry.replicator.poke = self._poker(entry)
+            self._hook(entry)
             log.info("%s: starting again", entry.path)
             self._results.put((entry, "restarted", None, None))
         except BaseException as exc:

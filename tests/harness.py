@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from replicator import keys
-from replicator.config import DatabaseConfig, Settings, database_from_environment, load_config
+from replicator.config import DatabaseConfig, DirectoryConfig, Settings, database_from_environment, read_config
 from replicator.keys import ObjectKey, SnapshotKey
 from replicator.restore import apply_plan, list_replica, plan_restore, restore
 from replicator.storage import ReplicaClient
@@ -125,9 +125,26 @@ class Replicator:
 
     def databases(self) -> dict[Path, DatabaseConfig]:
         """What this replicator replicates, read as it reads it (call within its environment)."""
+        options = list(self.options)
+        if "--dir" in options:  # the databases it said it replicated, under the URL it was given
+            directory = DirectoryConfig(
+                Path(options[options.index("--dir") + 1]).resolve(),
+                [options[-1]],
+                Settings(),
+                options[options.index("--pattern") + 1] if "--pattern" in options else "*.db",
+                "--recursive" in options,
+            )
+            claimed = [Path(db or gone) for db, gone, _, _ in CLAIM.findall(self.output)]
+            return {path: directory.database(path) for path in claimed}
         if "-c" in self.options:
-            config = Path(self.options[list(self.options).index("-c") + 1])
-            return {d.path.resolve(): d for d in load_config(config)}
+            file = read_config(Path(self.options[list(self.options).index("-c") + 1]))
+            found = {d.path.resolve(): d for d in file.databases}
+            for db, gone, _, _ in CLAIM.findall(self.output):  # the databases its directories held
+                path = Path(db or gone)
+                for d in file.directories:
+                    if path.is_relative_to(d.dir.resolve()):
+                        found[path] = d.database(path)
+            return found
         if not self.urls:
             from_env = database_from_environment(self.env)
             assert from_env is not None
