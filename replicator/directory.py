@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +77,8 @@ def directories(config: DirectoryConfig) -> Iterator[Path]:
         yield Path(root)
 
 
-def scan(config: DirectoryConfig) -> list[Path]:
-    """Every database in the directory now."""
+def scan(config: DirectoryConfig, known: Container[Path] = ()) -> list[Path]:
+    """Every database in the directory now, but those in `known` (not even opened: a sweep stays cheap)."""
     found = []
     for directory in directories(config):
         try:
@@ -87,7 +87,7 @@ def scan(config: DirectoryConfig) -> list[Path]:
             continue
         for name in names:
             path = directory / name
-            if matches(config, path) and path.is_file() and is_database(path):
+            if path not in known and matches(config, path) and path.is_file() and is_database(path):
                 found.append(path)
     return found
 

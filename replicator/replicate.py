@@ -35,6 +35,7 @@ writer sealed the generation exactly there (ownership.py); anything else is a ne
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -61,7 +62,6 @@ from .sqlite import (
     StaleWal,
     check_database_file,
     exclusive_mode_holder,
-    opened_elsewhere,
     remove_stale_wal,
 )
 from .state import ShipperState, StateDir, WalPosition, digest
@@ -140,6 +140,7 @@ class Replicator:
         self.tracker = Tracker(self.settings)
         self.pending: list[wal.Transaction] = []  # collected, not yet in the spool
         self.halted = False  # set by `step` once stopping is due: `finish` comes next
+        self.fingerprint: tuple[tuple[int, int, int] | None, ...] = ()  # files_fingerprint() as a step began
         self.on_uploaders: Callable[[], None] = lambda: None  # the store schedules them (store.py)
         self.following = threading.Event()  # set once the database is followed, or waited for (supervise.py)
         self._locked = False
@@ -161,6 +162,19 @@ class Replicator:
     def poke(self, callback: Callable[[], None]) -> None:
         self.outbox.on_request = callback
 
+    def files_fingerprint(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """What the database and WAL files look like from outside (stat): the store's sweep steps a database
+        only if this changed since its last step, so that a sweep of a thousand idle databases is cheap."""
+        seen: list[tuple[int, int, int] | None] = []
+        for path in (self.db_path, self.wal_file.path):
+            try:
+                st = os.stat(path)
+            except OSError:
+                seen.append(None)
+            else:
+                seen.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(seen)
+
     @property
     def news_pending(self) -> bool:
         return self.db is not None and self.tracker.news_pending
@@ -173,6 +187,7 @@ class Replicator:
         Sets `halted` when `stopping` and it is time to finish (at once, or after the grace period).
         """
         now = time.monotonic()
+        self.fingerprint = self.files_fingerprint()
         if stopping and self._halting(now):
             self.halted = True
             return None
@@ -443,7 +458,10 @@ class Replicator:
         except ReplicatorError as exc:
             log.error("replication error: %s", exc)
             return now + 1.0
-        return self._wake_at(time.monotonic())
+        wake = self._wake_at(time.monotonic())
+        if wake is None and self.db is not None:
+            self.db.release_writer()  # idle until a commit: its memory is better spent on busy databases
+        return wake
 
     def _wake_at(self, now: float) -> float | None:
         """The tracker's answer, or sooner for a snapshot that is due or was asked for."""
@@ -462,7 +480,7 @@ class Replicator:
         ms later: that commit is shipped too."""
         if self._stop_seen is None:
             self._stop_seen = now
-            if self.db is None or self.settings.shutdown_grace <= 0 or not opened_elsewhere(self.db_path):
+            if self.db is None or self.settings.shutdown_grace <= 0 or not self.db.opened_elsewhere():
                 return True
             log.info(
                 "stopping: following %s for up to %gs more while the app still has it open",
@@ -471,7 +489,7 @@ class Replicator:
             )
         if now - self._stop_seen >= self.settings.shutdown_grace:
             return True
-        return self.db is None or not opened_elsewhere(self.db_path)
+        return self.db is None or not self.db.opened_elsewhere()
 
     def _check_uploaders(self) -> None:
         for u in self.uploaders:

@@ -31,6 +31,22 @@ from . import wal
 from .errors import ReplicatorError
 
 SQLITE_MAGIC = b"SQLite format 3\0"
+
+
+def _configure_sqlite() -> None:
+    """No lookaside memory: it costs ~45 kB per connection, two per database, and our SQL is a few pragmas.
+
+    Global, so it must happen before the process opens any connection: at import of this module.
+    """
+    try:
+        apsw.shutdown()
+        apsw.config(apsw.SQLITE_CONFIG_LOOKASIDE, 0, 0)
+        apsw.initialize()
+    except apsw.Error:
+        pass  # connections exist already (an embedding process): keep SQLite's defaults
+
+
+_configure_sqlite()
 _JOURNAL_HEADER = 28  # what SQLite zeroes in a rollback journal once a transaction is over
 # The unix VFS's lock bytes (os_unix.c): on the database file, and the "dead man switch" on the -shm.
 _PENDING_BYTE = 0x40000000
@@ -120,32 +136,6 @@ def shm_in_use(path: Path) -> bool:
         os.close(fd)
 
 
-def opened_elsewhere(path: Path) -> bool:
-    """Whether another process has the database open (a WAL connection read-locks the -shm's DMS byte).
-
-    Call it while we have the database open. Read from /proc/locks, never by opening the file: closing a
-    descriptor of it would drop this process's own POSIX locks (rule 3). Where /proc/locks cannot tell (not
-    Linux, or it does not show our own lock), assume it is open.
-    """
-    try:
-        st = os.stat(f"{path}-shm")
-        with open("/proc/locks") as f:
-            table = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    holders = {
-        int(fields[4])
-        for fields in map(str.split, table.splitlines())
-        if len(fields) >= 8 and "->" not in fields and fields[5] == inode and fields[4].isdigit()
-    }  # "->" marks a request still waiting, not a held lock
-    if os.getpid() not in holders:
-        return True  # we hold its DMS lock ourselves: if we do not see it, this table cannot tell (overlayfs?)
-    return len(holders) > 1
-
-
 class StaleWal(enum.Enum):
     """What remove_stale_wal found beside a deleted or replaced database."""
 
@@ -223,21 +213,39 @@ class Database:
         self.shm_path = Path(f"{path}-shm")
         self.lock_timeout_ms = lock_timeout_ms
         self.identity = FileIdentity.of(path)
-        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI
-        self._reader = apsw.Connection(str(path), flags=flags)
-        self._writer = apsw.Connection(str(path), flags=flags)
-        for conn in (self._reader, self._writer):
-            conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-            conn.set_busy_timeout(1000)
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-        self._writer.set_busy_timeout(lock_timeout_ms)
+        self._reader = self._connect()
+        self._writer_conn: apsw.Connection | None = None  # opened when needed, released when idle
         self._pinned = False
         self._db_fd = os.open(path, os.O_RDONLY)
         self._shm_fd: int | None = None
 
+    def _connect(self) -> apsw.Connection:
+        conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI)
+        conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        conn.set_busy_timeout(1000)
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        return conn
+
+    @property
+    def _writer(self) -> apsw.Connection:
+        if self._writer_conn is None:
+            self._writer_conn = self._connect()
+            self._writer_conn.set_busy_timeout(self.lock_timeout_ms)
+        return self._writer_conn
+
+    def release_writer(self) -> None:
+        """Close the lock-only connection while the database is idle (each costs ~100 kB of SQLite memory).
+
+        Safe for the pin: SQLite's unix VFS keeps a closed connection's descriptors open while another
+        connection of the process holds locks on the file (rule 3 is about our own descriptors).
+        """
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
+
     def close(self) -> None:
         self.unpin()
-        self._writer.close()
+        self.release_writer()
         self._reader.close()
         # Only now: closing these earlier would drop the connections' POSIX locks (rule 3).
         os.close(self._db_fd)
@@ -327,17 +335,30 @@ class Database:
         except FileNotFoundError:
             return 0
 
-    # -- raw files ------------------------------------------------------------------------------------
+    def opened_elsewhere(self) -> bool:
+        """Whether another process has the database open: every WAL connection read-locks the -shm's DMS
+        byte, and F_GETLK through our own descriptor reports only other processes' locks (rule 3 holds:
+        the descriptor stays open until `close`)."""
+        fd = self._shm()
+        return fd is not None and _lock_holder(fd, _SHM_DMS, 1) is not None
 
-    def read_index(self) -> wal.WalIndexHeader | None:
-        """SQLite's own record of the committed end of the WAL, or None if unreadable right now."""
+    def _shm(self) -> int | None:
         if self._shm_fd is None:
             try:
                 self._shm_fd = os.open(self.shm_path, os.O_RDONLY)
             except FileNotFoundError:
                 return None
+        return self._shm_fd
+
+    # -- raw files ------------------------------------------------------------------------------------
+
+    def read_index(self) -> wal.WalIndexHeader | None:
+        """SQLite's own record of the committed end of the WAL, or None if unreadable right now."""
+        fd = self._shm()
+        if fd is None:
+            return None
         for _ in range(3):  # a torn read (a writer mid-update) is retried at once
-            index = wal.parse_wal_index(os.pread(self._shm_fd, wal.WAL_INDEX_HEADER_SIZE, 0))
+            index = wal.parse_wal_index(os.pread(fd, wal.WAL_INDEX_HEADER_SIZE, 0))
             if index is not None:
                 return index
         return None

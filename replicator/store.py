@@ -6,8 +6,9 @@ Rules:
 2. File events (watch.py) make a database due at once, and once more a poll later: SQLite writes the WAL
    before its index says the commit happened. A database already waiting to ship (its sync interval) is not
    woken again by more commits.
-3. A sweep every SWEEP seconds looks at every database: it covers lost events. Databases whose directory
-   cannot be watched are looked at every few polls instead.
+3. A sweep every SWEEP seconds stats every database's files and steps those that changed since their
+   last step: it covers lost events at a few microseconds per database. Databases whose directory cannot
+   be watched are looked at every few polls instead.
 4. A failing database is isolated: logged, let go (it ships what it captured), and started afresh after a
    backoff while the others run on. If no database is left healthy, the store stops.
 5. Stopping: every database is stepped with `stopping` until it halts (after the grace period), then
@@ -43,7 +44,7 @@ from .watch import Changes, Watcher, database_of
 
 log = logging.getLogger(__name__)
 
-SWEEP = 10.0  # seconds between looks at every database (rule 3)
+SWEEP = 10.0  # seconds between looks at every database's files (rule 3)
 RETRY_FIRST, RETRY_MAX = 5.0, 300.0  # backoff of a failed database (rule 4)
 FINISH_WORKERS = 16
 UPLOADS_PER_ENDPOINT = 4
@@ -214,8 +215,7 @@ class Store:
                     self._schedule(poked, time.monotonic())
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + SWEEP
-                    for entry in self._entries:
-                        self._schedule(entry, time.monotonic())
+                    self._sweep()
                     if not stopping:
                         self._discover()
         finally:
@@ -226,6 +226,15 @@ class Store:
             self._watcher.close()
         return self._ended + [(e.path, e.failure) for e in self._entries if e.failure is not None]
 
+    def _sweep(self) -> None:
+        """Rule 3: step every database whose files changed since its last step (an event we missed)."""
+        now = time.monotonic()
+        for entry in self._entries:
+            if entry.running or entry.failure is not None:
+                continue
+            if not entry.watched or entry.replicator.files_fingerprint() != entry.replicator.fingerprint:
+                self._schedule(entry, now)
+
     # -- directories (directory.py) -----------------------------------------------------------------------
 
     def _discover(self, within: Path | None = None) -> None:
@@ -234,7 +243,7 @@ class Store:
             for directory in directory_.directories(config):
                 if within is None or directory == within or directory.is_relative_to(within):
                     self._watcher.watch(directory)
-            for path in directory_.scan(config):
+            for path in directory_.scan(config, known=self._by_path):
                 if within is None or path.parent == within or path.is_relative_to(within):
                     self._found(path, make)
 

@@ -11,7 +11,8 @@ import numpy as np
 from . import wal
 from .errors import InvalidWalHeader
 
-_CHUNK = 2 << 20  # bytes per read; buffers are reused, so memory and page faults stay flat
+_CHUNK = 2 << 20  # bytes per read
+_KEEP = 256 << 10  # buffers up to this size are reused across reads (a steady trickle of commits)
 
 
 class WalFile:
@@ -29,10 +30,14 @@ class WalFile:
         self._buffer = bytearray()
 
     def _read(self, fd: int, length: int, offset: int) -> memoryview:
-        """pread into a buffer reused across calls (valid until the next read)."""
-        if len(self._buffer) < length:
-            self._buffer = bytearray(length)
-        view = memoryview(self._buffer)[:length]
+        """pread into a buffer reused across calls (valid until the next read); large ones are not kept,
+        so that a thousand followed databases do not each hold the largest read they ever made."""
+        buffer = self._buffer
+        if len(buffer) < length:
+            buffer = bytearray(length)
+            if length <= _KEEP:
+                self._buffer = buffer
+        view = memoryview(buffer)[:length]
         return view[: os.preadv(fd, [view], offset)]
 
     def close(self) -> None:
