@@ -117,6 +117,21 @@ class Tool:
         """
         workdir.mkdir(parents=True, exist_ok=True)
         argv = self.replicate_argv(Path(db).resolve(), replica, sync_interval=sync_interval, workdir=workdir)
+        return self.launch(argv, workdir)
+
+    def replicate_dir_argv(self, directory: Path, replica: Replica, *, sync_interval: str, workdir: Path) -> list[str]:
+        """The command that replicates every `*.db` in `directory`, each to the replica plus its name."""
+        raise NotImplementedError
+
+    def start_dir(
+        self, directory: Path, replica: Replica, *, sync_interval: str = "1s", workdir: Path
+    ) -> subprocess.Popen[bytes]:
+        """Like `start`, for a whole directory of databases (bench_store.py)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        argv = self.replicate_dir_argv(directory.resolve(), replica, sync_interval=sync_interval, workdir=workdir)
+        return self.launch(argv, workdir)
+
+    def launch(self, argv: list[str], workdir: Path) -> subprocess.Popen[bytes]:
         log = self.log_path(workdir)
         with open(log, "ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
@@ -172,6 +187,10 @@ class Replicator(Tool):
     def replicate_argv(self, db: Path, replica: Replica, *, sync_interval: str, workdir: Path) -> list[str]:
         cli = [sys.executable, "-m", "replicator_cli"]
         return [*cli, "replicate", str(db), self.url(replica), "--sync-interval", sync_interval]
+
+    def replicate_dir_argv(self, directory: Path, replica: Replica, *, sync_interval: str, workdir: Path) -> list[str]:
+        cli = [sys.executable, "-m", "replicator_cli"]
+        return [*cli, "replicate", "--dir", str(directory), self.url(replica), "--sync-interval", sync_interval]
 
     def restore(self, replica: Replica, output: Path, *, parallelism: int = 8, workdir: Path) -> list[str]:
         cli = [sys.executable, "-m", "replicator_cli"]
@@ -231,6 +250,16 @@ class Litestream(Tool):
 
     def replicate_argv(self, db: Path, replica: Replica, *, sync_interval: str, workdir: Path) -> list[str]:
         config = self._write_config(workdir / f"{self.name}.yml", db, replica, sync_interval)
+        return [str(self.binary), "replicate", "-config", str(config), "-no-expand-env"]
+
+    def replicate_dir_argv(self, directory: Path, replica: Replica, *, sync_interval: str, workdir: Path) -> list[str]:
+        """0.5's directory mode (`dir:` with `watch: true`, which picks up new databases); 0.3 has none."""
+        if self.v3:
+            raise NotImplementedError("Litestream 0.3 has no directory mode")
+        rep = {**self._replica_config(replica), "sync-interval": sync_interval}
+        entry = {"dir": str(directory), "pattern": "*.db", "watch": True, "monitor-interval": sync_interval}
+        config = workdir / f"{self.name}-dir.yml"
+        config.write_text(yaml.safe_dump({"dbs": [{**entry, "replica": rep}]}, sort_keys=False))
         return [str(self.binary), "replicate", "-config", str(config), "-no-expand-env"]
 
     def restore(self, replica: Replica, output: Path, *, parallelism: int = 8, workdir: Path) -> list[str]:

@@ -303,8 +303,9 @@ class _Reader:
         return make_settings(_our_names(values)), s3_defaults, exec_command or None
 
     def directory(self, i: int, entry: _Mapping, shared: Settings, s3_defaults: dict[str, Any]) -> DirectoryConfig:
-        """`dir:` (with `pattern:` and `recursive:`), as in Litestream 0.5; replicas as for one database."""
-        allowed = {"dir", "pattern", "recursive", "replicas", "replica", *_SETTING_KEYS, *_LITESTREAM_NAMES}
+        """`dir:` (with `pattern:` and `recursive:`), as in Litestream 0.5; replicas as for one database.
+        Litestream's `watch:` is accepted: we always pick up new databases."""
+        allowed = {"dir", "pattern", "recursive", "watch", "replicas", "replica", *_SETTING_KEYS, *_LITESTREAM_NAMES}
         self._check_keys(entry, f"dbs[{i}].", allowed, "db")
         pattern, recursive = entry.get("pattern", "*.db"), entry.get("recursive", False)
         if not isinstance(pattern, str) or not pattern or "/" in pattern:

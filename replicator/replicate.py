@@ -82,6 +82,7 @@ log = logging.getLogger(__name__)
 
 WAL_KEEP_BYTES = 4 << 20  # a quiet app's -wal file larger than this (after a burst) is cut to zero bytes
 EXCLUSIVE_UNCERTAIN_AFTER = 15.0  # an EXCLUSIVE lock with no journal written lasting this long is the pragma
+DELETED = "deleted"  # _gone_reason's word for a database file that is gone from its path
 WAITING_POLL = 1.0  # while the database (or its directory) does not exist: a file event usually comes first
 
 
@@ -152,6 +153,7 @@ class Replicator:
         self._stop_seen: float | None = None  # when we were told to stop (the grace period runs from there)
         self._captured_us = 0  # when the final capture read the WAL: the final line's "up to"
         self._seals: dict[str, ownership.Seal | None] = {}  # per replica URL: where its last writer stopped
+        self._salvaging = False  # capturing a deleted file's last transactions (_salvage)
 
     @property
     def poke(self) -> Callable[[], None]:
@@ -200,6 +202,8 @@ class Replicator:
         try:
             wake = self._follow(now)
         except _FileGone as gone:
+            if str(gone) == DELETED:
+                self._salvage()
             self._let_go(str(gone))
             wake = now
         if self._stop_seen is not None:  # the grace period: follow closely until the app lets go
@@ -301,6 +305,11 @@ class Replicator:
             self._try_open(listings)
         except DatabaseBusy:
             self._close()
+        except (OSError, apsw.Error):
+            self._close()
+            if self.db_path.exists():
+                raise
+            return False  # deleted while we opened it: waited for again (or finished, store.py)
         else:
             self._open_delay, self._exclusive = 0.05, None
             return True
@@ -499,11 +508,13 @@ class Replicator:
     def _gone_reason(self) -> str | None:
         """Why the file we follow is no longer the app's database, or None while it is."""
         assert self.db is not None
+        if self._salvaging:
+            return None
         if self.db.gone():
             try:
                 FileIdentity.of(self.db_path)
             except FileNotFoundError:
-                return "deleted"
+                return DELETED
             return "replaced by another file"
         if self.wal_file.swapped():
             return "left without its WAL (the -wal file was deleted or replaced)"
@@ -852,6 +863,18 @@ class Replicator:
 
     # -- letting go of a deleted or replaced file ---------------------------------------------------------
 
+    def _salvage(self) -> None:
+        """The app deleted its database: what it committed last is still in the files we hold open (an
+        unlinked file stays readable through its descriptors, and ours were all opened while it was the
+        app's), so it is captured before we let go: a deleted tenant's replica ends where the tenant did."""
+        self._salvaging = True
+        try:
+            self._capture()
+        except (Discontinuity, SpoolWriteFailed, DatabaseBusy, apsw.Error, OSError) as exc:
+            log.warning("%s was deleted; its last transactions could not be captured: %s", self.db_path, exc)
+        finally:
+            self._salvaging = False
+
     def _let_go(self, why: str) -> None:
         """Close everything we hold on the old file, and clear its stale WAL as SQLite's last close would."""
         armed, life = self.tracker.armed, self.tracker.life
@@ -915,7 +938,10 @@ class Replicator:
     def _final_capture(self, deadline: float) -> None:
         while True:
             try:
-                if self._gone_reason() is not None:
+                gone = self._gone_reason()
+                if gone == DELETED:
+                    self._salvage()
+                if gone is not None:
                     return
                 wanted = self.tracker.generation_wanted
                 if wanted is not None:

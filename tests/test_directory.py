@@ -185,3 +185,86 @@ def test_sqlite_creating_a_database_is_one_pickup_not_a_failure(tmp_path: Path, 
     assert repl.stop() == 0, repl.output
     assert restored_rows(client, tmp_path) == [(1, b"\0", "one")]
     assert "not a SQLite database" not in repl.output
+
+
+def _tenant(db: Path, ids: range) -> list[tuple[object, ...]]:
+    """The app writing a tenant's database (created if new): rows `ids`, one transaction each."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, payload BLOB, note TEXT)")
+    for i in ids:
+        conn.execute("INSERT INTO t VALUES (?, randomblob(64), ?)", (i, f"{db.name} {i}"))
+    conn.close()
+    return rows(db)
+
+
+def test_two_hundred_databases_created_and_deleted_while_running_are_all_restorable_exactly(
+    tmp_path: Path, file_replica: Replica
+) -> None:
+    """Tenants come and go under a running replicator; a deleted one's replica ends where the tenant did."""
+    data = tmp_path / "tenants"
+    repl = watching(data, file_replica).start()
+    expected = {data / f"t{i:03d}.db": 1 + i % 4 for i in range(200)}
+    for db, count in expected.items():
+        _tenant(db, range(1, count + 1))
+    followed = Path(file_replica.url)
+    wait_for("every tenant picked up", lambda: len(list(followed.glob("*.db/generations"))) == 200, timeout=60)
+    final = {}
+    for i, (db, count) in enumerate(expected.items()):
+        final[db] = _tenant(db, range(count + 1, count + 4))
+        if i % 3 == 2:  # deleted at once: its last commits not shipped yet
+            for path in data.glob(f"{db.name}*"):
+                path.unlink()
+    assert sum(not db.exists() for db in final) == 66
+    assert repl.stop() == 0, repl.output
+    assert "Traceback" not in repl.output
+    for db, want in final.items():
+        assert restored_rows(replica_of(file_replica, data, db), tmp_path) == want, db
+
+
+def test_a_database_deleted_before_it_was_followed_is_no_failure(tmp_path: Path, file_replica: Replica) -> None:
+    data = tmp_path / "tenants"
+    repl = watching(data, file_replica).start()
+    for i in range(30):
+        db = data / f"brief{i}.db"
+        _tenant(db, range(1, 3))
+        for path in data.glob(f"{db.name}*"):
+            path.unlink()
+    _tenant(data / "stays.db", range(1, 4))
+    assert repl.stop() == 0, repl.output
+    assert "Traceback" not in repl.output and "error" not in repl.output.lower()
+    assert restored_rows(replica_of(file_replica, data, data / "stays.db"), tmp_path) == rows(data / "stays.db")
+
+
+def test_one_tenant_writing_in_bulk_does_not_hold_up_the_others(tmp_path: Path, file_replica: Replica) -> None:
+    """200 MB into one database while 20 others commit once a second: theirs ship within the sync interval."""
+    data = tmp_path / "tenants"
+    data.mkdir()
+    sparse = [data / f"s{i:02d}.db" for i in range(20)]
+    for db in sparse:
+        _tenant(db, range(1, 2))
+    _tenant(data / "bulk.db", range(1, 2))
+    repl = Replicator(data / "x", [], ("--sync-interval", "1s", "--dir", str(data), file_replica.url)).start()
+    root = Path(file_replica.url)
+    wait_for("every tenant picked up", lambda: len(list(root.glob("*.db/generations"))) == 21, timeout=30)
+    bulk = Writer(data / "bulk.db", tmp_path / "bulk.log").start(count=200, rate=1000, start=2, payload=1_000_000)
+    commits: dict[Path, list[float]] = {db: [] for db in sparse}
+    conns = {db: sqlite3.connect(db, isolation_level=None) for db in sparse}
+    started = time.monotonic()
+    for n in range(12 * len(sparse)):  # each sparse tenant commits once a second, staggered
+        db = sparse[n % len(sparse)]
+        time.sleep(max(0.0, started + n / len(sparse) - time.monotonic()))
+        conns[db].execute("INSERT INTO t(payload, note) VALUES (randomblob(64), 'sparse')")
+        commits[db].append(time.time())
+    bulk.wait(120)
+    time.sleep(2)
+    assert repl.stop() == 0, repl.output
+    lags = []
+    for db, times in commits.items():
+        stored = root.glob(f"{db.name}/generations/*/*/*")
+        found = [(keys.parse(str(p.relative_to(root / db.name))), p.stat().st_mtime) for p in stored]
+        shipped = sorted((k.last_txid, at) for k, at in found if isinstance(k, keys.SegmentKey))
+        for txid, committed in enumerate(times, start=1):
+            lags.append(min(at for last, at in shipped if last >= txid) - committed)
+    lags.sort()
+    assert lags[int(len(lags) * 0.99)] <= 1.5, lags[-10:]
