@@ -1,4 +1,5 @@
-"""What a replica provably holds of our chain: pure checks over a listing, with typed reasons.
+"""Whether a chain is unbroken, as pure checks with typed reasons: what a replica provably holds of our
+chain (over a listing), and whether local state still describes the database (over what its files say).
 
 Rules:
 1. A replica holds generation G up to txid T only if it holds a snapshot of G and an unbroken run of
@@ -18,6 +19,71 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from .keys import ObjectKey, SegmentKey, SnapshotKey, chain_order
+from .state import ShipperState
+from .wal import FrameHeader, WalHeader
+
+
+class Reason(enum.Enum):
+    """Why a new generation starts (docs/LIFECYCLE.md has the table)."""
+
+    NO_STATE = "no local state (first run, or a fresh disk)"
+    FILE_REPLACED = "the database file was replaced"
+    FILE_GONE = "the database file was deleted or replaced while we followed it"
+    PAGE_SIZE = "the page size changed"
+    WAL_RESTARTED_OFFLINE = "the WAL was restarted or truncated while the replicator was not running"
+    WAL_REWRITTEN_OFFLINE = "the WAL was rewritten while the replicator was not running"
+    RESTORED_FILE_CHANGED = "the database file changed since it was restored"
+    NOT_SEALED = "the restored generation was not sealed by its last writer on every replica"
+    OTHER_WRITER = "a replica holds objects of ours that we never shipped (another writer)"
+    WAL_RESTARTED = "the WAL was restarted without our pin (another process checkpointed)"
+    WAL_SHRANK = "the WAL shrank under our position"
+    WAL_DISAGREES = "the WAL's content does not match SQLite's index"
+    FRAME_CHANGED = "a WAL frame no longer verifies although the WAL did not restart"
+
+
+@dataclass(frozen=True, slots=True)
+class NewGeneration:
+    """A typed reason with the detail that makes its log line useful (which replica, which file)."""
+
+    reason: Reason
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return self.detail or self.reason.value
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFacts:
+    """What the database's files say at start-up (read by the edge, replicate.py)."""
+
+    device: int
+    inode: int
+    page_size: int
+    wal: WalHeader | None  # the WAL file's header, if it has a valid one
+    last_frame: FrameHeader | None  # the WAL's frame at the state's position - 1, if it has one
+
+
+def local_state_problem(state: ShipperState | None, facts: LocalFacts) -> NewGeneration | None:
+    """Whether local state still describes the database: None, or why a new generation starts.
+
+    A restore's state (no WAL position, a digest) passes here: its digest and seal are checked by the edge.
+    """
+    if state is None:
+        return NewGeneration(Reason.NO_STATE)
+    if (state.device, state.inode) != (facts.device, facts.inode):
+        return NewGeneration(Reason.FILE_REPLACED)
+    if state.page_size != facts.page_size:
+        return NewGeneration(Reason.PAGE_SIZE)
+    if state.wal is None:
+        return None if state.restored_digest is not None else NewGeneration(Reason.WAL_RESTARTED_OFFLINE)
+    if facts.wal is None or facts.wal.salt != state.wal.salt:
+        return NewGeneration(Reason.WAL_RESTARTED_OFFLINE)
+    if state.wal.frames:
+        last = facts.last_frame
+        if last is None or last.salt != facts.wal.salt or last.checksum != state.wal.checksum:
+            return NewGeneration(Reason.WAL_REWRITTEN_OFFLINE)
+    return None
+
 
 Position = tuple[int, int, int]  # keys.chain_order of the last object a replica holds in an unbroken chain
 NOTHING: Position = (-1, -1, -1)

@@ -49,7 +49,7 @@ from .batch import BatchPlan, PageReader, encode_batch, plan_batch, split_batche
 from .config import Settings
 from .errors import ReplicatorError, StorageError, TransientStorageError
 from .keys import ObjectKey, SegmentKey, SnapshotKey
-from .lineage import beyond, prove_chain
+from .lineage import LocalFacts, NewGeneration, Reason, beyond, local_state_problem, prove_chain
 from .restore import format_time
 from .segment import Writable
 from .snapshot import build_overlay, write_snapshot
@@ -66,15 +66,7 @@ from .sqlite import (
 )
 from .state import ShipperState, StateDir, WalPosition, digest
 from .storage import ReplicaClient
-from .tracker import (
-    Action,
-    Collect,
-    Discontinuity,
-    NewGeneration,
-    Reason,
-    Tracker,
-    Truncation,
-)
+from .tracker import Action, Collect, Discontinuity, Tracker, Truncation
 from .uploader import Outbox, Uploader, inventory
 from .walfile import WalFile
 
@@ -372,25 +364,15 @@ class Replicator:
         self.wal_file.close()
 
     def _local_state_problem(self, state: ShipperState | None) -> NewGeneration | None:
-        if state is None:
-            return NewGeneration(Reason.NO_STATE)
-        identity = FileIdentity.of(self.db_path)
-        if (state.device, state.inode) != (identity.device, identity.inode):
-            return NewGeneration(Reason.FILE_REPLACED)
+        """lineage.local_state_problem over what the files say now."""
         assert self.db is not None
-        if state.page_size != self.db.page_size():
-            return NewGeneration(Reason.PAGE_SIZE)
-        if state.wal is None:
-            restored = state.restored_digest is not None  # _try_open checks it against the file, last
-            return None if restored else NewGeneration(Reason.WAL_RESTARTED_OFFLINE)
+        identity = FileIdentity.of(self.db_path)
         header = self.wal_file.header()
-        if header is None or header.salt != state.wal.salt:
-            return NewGeneration(Reason.WAL_RESTARTED_OFFLINE)
-        if state.wal.frames:
-            stored = self.wal_file.frame_header(header, state.wal.frames - 1)
-            if stored.salt != header.salt or stored.checksum != state.wal.checksum:
-                return NewGeneration(Reason.WAL_REWRITTEN_OFFLINE)
-        return None
+        frames = state.wal.frames if state is not None and state.wal is not None else 0
+        ours = header is not None and state is not None and state.wal is not None and header.salt == state.wal.salt
+        last = self.wal_file.frame_header(header, frames - 1) if ours and header is not None and frames else None
+        facts = LocalFacts(identity.device, identity.inode, self.db.page_size(), header, last)
+        return local_state_problem(state, facts)
 
     def _restored_problem(self, state: ShipperState) -> NewGeneration | None:
         """Whether a restore's state (no WAL position) still describes the file: its digest says so.

@@ -19,9 +19,10 @@ Rules:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from .config import Settings
+from .lineage import NewGeneration, Reason
 from .state import WalPosition
 from .wal import WalHeader, WalIndexHeader
 
@@ -30,35 +31,6 @@ CHECKPOINT_EVERY = 1.0  # at most one size-driven checkpoint per second
 MAX_BACKOFF = 60.0  # longest wait between idle checkpoints (or WAL cuts) that an app reader keeps failing
 MISMATCHES_TOLERATED = 40  # polls in a row where the WAL disagrees with the index before it is a discontinuity
 SPOOL_RETRY = 0.25  # seconds between attempts to write the spool while it fails
-
-
-class Reason(enum.Enum):
-    """Why a new generation starts (docs/LIFECYCLE.md has the table)."""
-
-    NO_STATE = "no local state (first run, or a fresh disk)"
-    FILE_REPLACED = "the database file was replaced"
-    FILE_GONE = "the database file was deleted or replaced while we followed it"
-    PAGE_SIZE = "the page size changed"
-    WAL_RESTARTED_OFFLINE = "the WAL was restarted or truncated while the replicator was not running"
-    WAL_REWRITTEN_OFFLINE = "the WAL was rewritten while the replicator was not running"
-    RESTORED_FILE_CHANGED = "the database file changed since it was restored"
-    NOT_SEALED = "the restored generation was not sealed by its last writer on every replica"
-    OTHER_WRITER = "a replica holds objects of ours that we never shipped (another writer)"
-    WAL_RESTARTED = "the WAL was restarted without our pin (another process checkpointed)"
-    WAL_SHRANK = "the WAL shrank under our position"
-    WAL_DISAGREES = "the WAL's content does not match SQLite's index"
-    FRAME_CHANGED = "a WAL frame no longer verifies although the WAL did not restart"
-
-
-@dataclass(frozen=True, slots=True)
-class NewGeneration:
-    """A typed reason with the detail that makes its log line useful (which replica, which file)."""
-
-    reason: Reason
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return self.detail or self.reason.value
 
 
 class Discontinuity(Exception):

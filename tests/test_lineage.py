@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from replicator import keys
 from replicator.keys import ObjectKey, SegmentKey, SnapshotKey, chain_order
-from replicator.lineage import NOTHING, ReplicaProblem, continues, probe, prove_chain
+from replicator.lineage import (
+    NOTHING,
+    LocalFacts,
+    Reason,
+    ReplicaProblem,
+    continues,
+    local_state_problem,
+    probe,
+    prove_chain,
+)
 from replicator.restore import ReplicaEmpty, RestoreError, plan_restore
+from replicator.state import ShipperState, WalPosition
 from replicator.storage import MemoryClient
+from replicator.wal import FrameHeader, WalHeader
 
 G = 5
 # Our chain in generation G, shipped up to txid 9: snapshots at 0 and 6, segments 1-3, 4-6, 7-9.
@@ -134,3 +148,30 @@ def test_a_probe_notices_the_snapshot_our_chain_hangs_from_is_gone() -> None:
 
 def test_a_probe_cut_short_by_its_limit_does_not_call_the_snapshot_gone() -> None:
     assert probe([], G, CHAIN, SnapshotKey(G, 6, 25), complete=False) is None
+
+
+# -- local state against what the database's files say (the start-up generation triggers) ------------------
+
+_LIFE = WalHeader(False, 4096, 3, (7, 8), (1, 2))
+_STATE = ShipperState(5, 10, 4, 4096, 1, 100, WalPosition((7, 8), 3, 6, (60, 61)), 0)
+_FACTS = LocalFacts(1, 100, 4096, _LIFE, FrameHeader(2, 4, (7, 8), (60, 61)))
+
+
+@pytest.mark.parametrize(
+    ("state", "facts", "reason"),
+    [
+        (_STATE, _FACTS, None),
+        (None, _FACTS, Reason.NO_STATE),
+        (_STATE, replace(_FACTS, inode=101), Reason.FILE_REPLACED),
+        (_STATE, replace(_FACTS, page_size=8192), Reason.PAGE_SIZE),
+        (_STATE, replace(_FACTS, wal=None), Reason.WAL_RESTARTED_OFFLINE),
+        (_STATE, replace(_FACTS, wal=replace(_LIFE, salt=(9, 9))), Reason.WAL_RESTARTED_OFFLINE),
+        (_STATE, replace(_FACTS, last_frame=FrameHeader(2, 4, (7, 8), (0, 0))), Reason.WAL_REWRITTEN_OFFLINE),
+        (_STATE, replace(_FACTS, last_frame=None), Reason.WAL_REWRITTEN_OFFLINE),
+        (replace(_STATE, wal=None), _FACTS, Reason.WAL_RESTARTED_OFFLINE),
+        (replace(_STATE, wal=None, restored_digest="ab"), _FACTS, None),  # the edge checks digest and seal
+    ],
+)
+def test_local_state_against_the_files(state: ShipperState | None, facts: LocalFacts, reason: Reason | None) -> None:
+    found = local_state_problem(state, facts)
+    assert (found.reason if found else None) is reason

@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from replicator.config import Settings
+from replicator.lineage import NewGeneration, Reason
 from replicator.state import WalPosition
 from replicator.tracker import (
     IDLE_CHECKPOINT_AFTER,
@@ -16,8 +17,6 @@ from replicator.tracker import (
     CheckpointStep,
     Collect,
     Discontinuity,
-    NewGeneration,
-    Reason,
     Tracker,
     Truncation,
 )
