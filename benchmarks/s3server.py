@@ -64,6 +64,8 @@ def classify(method: str, path: str, query: str) -> tuple[str, str, str]:
     params = parse_qs(query, keep_blank_values=True)
     if method == "GET":
         op = "LIST" if not key or "list-type" in params else "GET"
+        if op == "LIST":
+            key = params.get("prefix", [""])[0]  # what was listed: tells whose request it was
     elif method == "POST":
         op = "DELETE" if "delete" in params else "PUT"
     elif method == "PUT":
