@@ -5,7 +5,9 @@ Rules:
    database is next due, or that only a file event can give it work. Nothing else wakes an idle database.
 2. File events (watch.py) make a database due at once, and once more a poll later: SQLite writes the WAL
    before its index says the commit happened. A database already waiting to ship (its sync interval) is not
-   woken again by more commits.
+   woken again by more commits. Events are read at most once per EVENT_GAP: while apps commit hundreds
+   of times a second, the kernel gathers their events and the store wakes 40 times a second, not per
+   commit; the first commit after a quiet spell is read at once.
 3. A sweep every SWEEP seconds stats every database's files and steps those that changed since their
    last step: it covers lost events at a few microseconds per database. Databases whose directory cannot
    be watched are looked at every few polls instead.
@@ -44,6 +46,7 @@ from .watch import Changes, Watcher, database_of
 
 log = logging.getLogger(__name__)
 
+EVENT_GAP = 0.025  # after reading file events, let the next ones gather this long (rule 2)
 SWEEP = 10.0  # seconds between looks at every database's files (rule 3)
 RETRY_FIRST, RETRY_MAX = 5.0, 300.0  # backoff of a failed database (rule 4)
 FINISH_WORKERS = 16
@@ -176,6 +179,7 @@ class Store:
         finishing = ThreadPoolExecutor(FINISH_WORKERS, thread_name_prefix="finish")
         stopping = False
         next_sweep = time.monotonic() + SWEEP
+        events_at = 0.0  # file events are read again from then on
         try:
             for entry in self._entries:
                 entry.watched = self._watcher.watch(entry.path.parent)
@@ -203,7 +207,10 @@ class Store:
                     else:
                         self._dispatch(job, work, stopping)
                 timeout = max(0.0, min(self._heap[0][0] if self._heap else next_sweep, next_sweep) - now)
-                changes = self._watcher.wait(timeout)
+                resting = now < events_at  # rule 2's bound on wake-ups
+                changes = self._watcher.wait(min(timeout, events_at - now) if resting else timeout, events=not resting)
+                if changes.written or changes.moved:
+                    events_at = time.monotonic() + EVENT_GAP
                 self._collect(finishing, stopping)
                 self._changed(changes)
                 while not self._registrations.empty():

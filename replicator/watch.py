@@ -89,9 +89,14 @@ class Watcher:
         except BlockingIOError:
             pass  # already pending
 
-    def wait(self, timeout: float | None) -> Changes:
-        """Block until something changed, `wake` was called, or `timeout` seconds passed."""
-        fds = [self._wakeup_r] + ([self._inotify.fileno()] if self._inotify is not None else [])
+    def wait(self, timeout: float | None, *, events: bool = True) -> Changes:
+        """Block until something changed, `wake` was called, or `timeout` seconds passed.
+
+        With `events` False, file events are left queued in the kernel (which merges repeats) for a later
+        call: how a caller bounds its wake-ups while databases are busy.
+        """
+        watching = events and self._inotify is not None
+        fds = [self._wakeup_r] + ([self._inotify.fileno()] if watching and self._inotify is not None else [])
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
@@ -103,7 +108,7 @@ class Watcher:
                     pass
             except BlockingIOError:
                 pass
-        if self._inotify is not None and self._inotify.fileno() in ready:
+        if watching and self._inotify is not None and self._inotify.fileno() in ready:
             for event in self._inotify.read(timeout=0):
                 if event.mask & self._overflow:
                     changes.overflow = True
