@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,27 +47,25 @@ def _print(rows: list[dict[str, Any]], columns: list[tuple[str, str]], as_json: 
 @_source_options
 def generations(source: str, config: Path | None, as_json: bool) -> None:
     """List the generations in a replica (newest last), with their time span and size."""
+    from replicator.history import by_generation, format_time, last_write, started
     from replicator.keys import SnapshotKey
-    from replicator.restore import format_time
 
     listing = _listing(source, config)
-    by_gen: dict[int, list[Any]] = defaultdict(list)
-    for key in listing.sizes:
-        by_gen[key.generation].append(key)
     now_us = time.time_ns() // 1000
     rows = []
-    for gen, items in by_gen.items():
+    for gen, items in by_generation(listing.sizes).items():
         snaps = [k for k in items if isinstance(k, SnapshotKey)]
         segs = [k for k in items if not isinstance(k, SnapshotKey)]
         times = [k.time_us for k in snaps] + [k.last_time_us for k in segs]
         first_txid = min(k.txid for k in snaps) if snaps else min(k.first_txid for k in segs)
         last_txid = max([k.txid for k in snaps] + [k.last_txid for k in segs])
+        began = started(items)
         rows.append(
             {
                 "generation": f"{gen:016x}",
-                "started": format_time(min(k.time_us for k in snaps)) if snaps else "-",
-                "last_write": format_time(max(times)),
-                "lag_s": round((now_us - max(times)) / 1e6, 1),
+                "started": format_time(began) if began is not None else "-",
+                "last_write": format_time(last_write(items)),
+                "lag_s": round((now_us - last_write(items)) / 1e6, 1),
                 "snapshots": len(snaps),
                 "segments": len(segs),
                 "txids": f"{first_txid}-{last_txid}",
@@ -104,8 +101,8 @@ def _object_rows(
 @_source_options
 def snapshots(source: str, config: Path | None, as_json: bool) -> None:
     """List the snapshots in a replica (oldest first)."""
+    from replicator.history import format_time
     from replicator.keys import SnapshotKey
-    from replicator.restore import format_time
 
     rows = _object_rows(source, config, SnapshotKey, lambda k: {"txid": k.txid, "time": format_time(k.time_us)})
     if not as_json:
@@ -118,8 +115,8 @@ def snapshots(source: str, config: Path | None, as_json: bool) -> None:
 @_source_options
 def wal(source: str, config: Path | None, as_json: bool) -> None:
     """List the WAL segments in a replica (oldest first): the transactions each one ships."""
+    from replicator.history import format_time
     from replicator.keys import SegmentKey
-    from replicator.restore import format_time
 
     rows = _object_rows(
         source,

@@ -65,6 +65,7 @@ def restore(
     """
     from replicator import restore as lib
     from replicator.errors import ReplicatorError
+    from replicator.history import format_time
 
     if timestamp is not None and txid is not None:
         raise click.UsageError("give --timestamp or --txid, not both")
@@ -101,7 +102,7 @@ def restore(
     total = listing.bytes_of(plan)
     last = plan.segments[-1].last_time_us if plan.segments else plan.snapshot.time_us
     summary = (
-        f"generation {plan.generation:016x}, txid {plan.txid} (as of {lib.format_time(last)}), "
+        f"generation {plan.generation:016x}, txid {plan.txid} (as of {format_time(last)}), "
         f"{len(plan.objects)} objects, {human_bytes(total)}"
     )
     if dry_run:

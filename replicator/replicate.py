@@ -48,9 +48,9 @@ from . import keys, ownership, wal
 from .batch import BatchPlan, PageReader, encode_batch, plan_batch, split_batches
 from .config import Settings
 from .errors import ReplicatorError, StorageError, TransientStorageError
+from .history import format_time
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .lineage import LocalFacts, NewGeneration, Reason, beyond, local_state_problem, prove_chain
-from .restore import format_time
 from .segment import Writable
 from .snapshot import build_overlay, write_snapshot
 from .sqlite import (

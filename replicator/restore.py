@@ -18,11 +18,10 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, TypeVar, cast
 
@@ -30,6 +29,7 @@ import apsw
 
 from . import keys
 from .errors import ReplicatorError, TransientStorageError
+from .history import by_generation, format_time, last_write, restorable_span, started
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .segment import Readable, SegmentReader
 from .state import file_digest, record_restored
@@ -62,10 +62,6 @@ class RestorePlan:
         return (self.snapshot, *self.segments)
 
 
-def _last_write(items: list[ObjectKey]) -> int:
-    return max(k.time_us if isinstance(k, SnapshotKey) else k.last_time_us for k in items)
-
-
 def plan_restore(
     objects: Iterable[ObjectKey],
     *,
@@ -79,10 +75,7 @@ def plan_restore(
     A time after the last commit restores the latest state (nothing changed since), unless it lies
     after `now_us` (a typo rather than a wish); a txid after the last one shipped is an error.
     """
-    by_generation: dict[int, list[ObjectKey]] = defaultdict(list)
-    for obj in objects:
-        by_generation[obj.generation].append(obj)
-    based = {g: items for g, items in by_generation.items() if any(isinstance(k, SnapshotKey) for k in items)}
+    based = {g: items for g, items in by_generation(objects).items() if started(items) is not None}
     if not based:
         raise ReplicaEmpty("the replica holds no snapshot to restore from (nothing replicated there yet?)")
     if generation is not None:
@@ -90,8 +83,8 @@ def plan_restore(
             raise RestoreError(f"generation {generation:016x} is not in the replica (or has no snapshot)")
         chosen = generation
     elif timestamp_us is not None:
-        started = {g: min(k.time_us for k in items if isinstance(k, SnapshotKey)) for g, items in based.items()}
-        candidates = [g for g in based if started[g] <= timestamp_us]
+        starts = {g: started(items) or 0 for g, items in based.items()}
+        candidates = [g for g in based if starts[g] <= timestamp_us]
         if not candidates:
             span = restorable_span(k for items in based.values() for k in items)
             assert span is not None
@@ -99,13 +92,13 @@ def plan_restore(
                 f"{format_time(timestamp_us)} is before the earliest restorable point; the replica can restore "
                 f"from {format_time(span[0])} to {format_time(span[1])}"
             )
-        chosen = max(candidates, key=lambda g: (started[g], g))
+        chosen = max(candidates, key=lambda g: (starts[g], g))
     else:
         chosen = max(based)  # the newest: a writer that sees a newer generation than its own stops (lineage.py)
 
     items = based[chosen]
     latest = max(k.txid if isinstance(k, SnapshotKey) else k.last_txid for k in items)
-    latest_point = f"txid {latest} of generation {chosen:016x}, as of {format_time(_last_write(items))}"
+    latest_point = f"txid {latest} of generation {chosen:016x}, as of {format_time(last_write(items))}"
     if txid is not None and txid > latest:
         raise RestoreError(f"transaction {txid} was never shipped; the latest restorable is {latest_point}")
     if timestamp_us is not None and now_us is not None and timestamp_us > now_us:
@@ -170,21 +163,6 @@ def list_replica(client: ReplicaClient) -> Listing:
     ours, foreign = keys.parse_listing(o.key for o in infos)
     size = {o.key: o.size for o in infos}
     return Listing({k: size[k.key] for k in ours}, foreign)
-
-
-def restorable_span(objects: Iterable[ObjectKey]) -> tuple[int, int] | None:
-    """(earliest, latest) restorable times in the replica, microseconds; None if nothing is restorable."""
-    items = list(objects)
-    starts = [k.time_us for k in items if isinstance(k, SnapshotKey)]
-    if not starts:
-        return None
-    return min(starts), _last_write(items)
-
-
-def format_time(time_us: int) -> str:
-    """RFC 3339 to the microsecond: a time copied from a listing into --timestamp includes that very object."""
-    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=time_us)
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 Progress = Callable[[int], None]  # called with each number of bytes fetched

@@ -13,38 +13,31 @@ planned while we delete never picks a generation whose chain we are removing und
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 
+from .history import by_generation, started
 from .keys import ObjectKey, SegmentKey, SnapshotKey, chain_order
 
 
 def plan_retention(objects: Iterable[ObjectKey], now_us: int, window_us: int) -> list[ObjectKey]:
-    by_generation: dict[int, list[ObjectKey]] = defaultdict(list)
-    for obj in objects:
-        by_generation[obj.generation].append(obj)
-    if not by_generation:
+    grouped = by_generation(objects)
+    if not grouped:
         return []
     cutoff = now_us - window_us
-    generations = sorted(by_generation)
+    generations = sorted(grouped)
     newest = generations[-1]
-
-    def started(gen: int) -> int | None:
-        times = [o.time_us for o in by_generation[gen] if isinstance(o, SnapshotKey)]
-        return min(times) if times else None
-
     # The base: the generation a restore to the cutoff would choose (restore.plan_restore's rule: the
-    # latest to have started by then).
-    starts = {g: t for g in generations if (t := started(g)) is not None}
+    # latest to have started by then; history.py's rule for when a generation started).
+    starts = {g: t for g in generations if (t := started(grouped[g])) is not None}
     base = max((g for g, t in starts.items() if t <= cutoff), key=lambda g: (starts[g], g), default=None)
     doomed: list[ObjectKey] = []
     for gen in generations:
-        items = sorted(by_generation[gen], key=chain_order)
+        items = sorted(grouped[gen], key=chain_order)
         if gen == newest and gen != base:
             continue
         if base is not None and gen != base and gen in starts and (starts[gen], gen) < (starts[base], base):
             doomed += _snapshots_first(items)
-        elif gen < newest and started(gen) is None:
+        elif gen < newest and gen not in starts:
             doomed += items  # segments with no snapshot can never be restored
         elif gen == base:
             snapshots = [o for o in items if isinstance(o, SnapshotKey) and o.time_us <= cutoff]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from replicator_cli.common import Timestamp
 from replicator_cli.main import cli
 
-from replicator.restore import format_time
+from replicator.history import format_time
 
 COMMANDS = ["replicate", "restore", "generations", "snapshots", "wal", "version"]
 

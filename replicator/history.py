@@ -1,0 +1,47 @@
+"""What a replica's objects say about its history, the same for restore, retention and the listings.
+
+Rules:
+1. A generation is the set of objects that carry its id; it starts at its earliest snapshot (segments
+   without a snapshot can never be restored, so they start nothing).
+2. Its last write is the latest time any of its objects records (a snapshot's time, a segment's last).
+3. Times are shown as RFC 3339 in UTC to the microsecond, so a time copied from a listing into
+   `restore --timestamp` includes that very object.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from .keys import ObjectKey, SnapshotKey
+
+
+def by_generation(objects: Iterable[ObjectKey]) -> dict[int, list[ObjectKey]]:
+    grouped: dict[int, list[ObjectKey]] = defaultdict(list)
+    for obj in objects:
+        grouped[obj.generation].append(obj)
+    return dict(grouped)
+
+
+def started(items: Iterable[ObjectKey]) -> int | None:
+    """Rule 1: when a generation's objects say it started (its earliest snapshot), or None."""
+    return min((k.time_us for k in items if isinstance(k, SnapshotKey)), default=None)
+
+
+def last_write(items: Iterable[ObjectKey]) -> int:
+    """Rule 2."""
+    return max(k.time_us if isinstance(k, SnapshotKey) else k.last_time_us for k in items)
+
+
+def restorable_span(objects: Iterable[ObjectKey]) -> tuple[int, int] | None:
+    """(earliest, latest) restorable times in the replica, microseconds; None if nothing is restorable."""
+    items = list(objects)
+    first = started(items)
+    return None if first is None else (first, last_write(items))
+
+
+def format_time(time_us: int) -> str:
+    """Rule 3."""
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=time_us)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
