@@ -28,7 +28,7 @@ from typing import BinaryIO, TypeVar, cast
 import apsw
 
 from . import keys
-from .errors import ReplicatorError, TransientStorageError
+from .errors import ReplicatorError
 from .history import by_generation, format_time, last_write, restorable_span, started
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .segment import Readable, SegmentReader
@@ -295,7 +295,7 @@ class _Fetcher:
 
     def stream(self, key: ObjectKey) -> _ReadAhead:
         """A reader over the whole object: one streaming GET (resumed where it broke), read ahead."""
-        return _ReadAhead(_Resuming(self.client, key.key, self.progress))
+        return _ReadAhead(_Counted(self.client.stream(key.key), self.progress))
 
     def in_order(self, segments: Sequence[SegmentKey]) -> Iterator[BinaryIO]:
         """Each segment downloaded whole (in parallel, `workers` ahead), yielded in the given order."""
@@ -306,7 +306,7 @@ class _Fetcher:
     def _download(self, key: ObjectKey) -> BinaryIO:
         body = tempfile.SpooledTemporaryFile(max_size=self.in_memory_each, mode="w+b", dir=str(self.scratch))  # noqa: SIM115
         try:
-            shutil.copyfileobj(_Resuming(self.client, key.key, self.progress), body, 256 << 10)
+            shutil.copyfileobj(_Counted(self.client.stream(key.key), self.progress), body, 256 << 10)
             body.seek(0)
         except BaseException:
             body.close()
@@ -324,35 +324,18 @@ def _window(futures: Iterator[Future[T]], size: int) -> Iterator[Future[T]]:
     yield from pending
 
 
-class _Resuming:
-    """Reads an object through one streaming request; if the connection fails, reopens at the offset reached."""
+class _Counted:
+    """A stream that reports each number of bytes read (the progress bar); resuming is the client's
+    (storage/retry.py), the one place that retries."""
 
-    ATTEMPTS = 5
-
-    def __init__(self, client: ReplicaClient, key: str, progress: Progress | None) -> None:
-        self._client = client
-        self._key = key
-        self._progress = progress
-        self._offset = 0
-        self._stream: Readable | None = None
+    def __init__(self, stream: Readable, progress: Progress | None) -> None:
+        self._stream, self._progress = stream, progress
 
     def read(self, size: int = -1) -> bytes:
-        for attempt in range(self.ATTEMPTS):
-            try:
-                if self._stream is None:
-                    self._stream = self._client.stream(self._key, self._offset)
-                data = self._stream.read(size)
-            except TransientStorageError:
-                self._stream = None
-                if attempt == self.ATTEMPTS - 1:
-                    raise
-                time.sleep(0.2 * 2**attempt)
-                continue
-            self._offset += len(data)
-            if self._progress:
-                self._progress(len(data))
-            return data
-        raise AssertionError("unreachable")
+        data = self._stream.read(size)
+        if self._progress:
+            self._progress(len(data))
+        return data
 
 
 class _ReadAhead:

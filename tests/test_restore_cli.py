@@ -22,7 +22,7 @@ from harness import Replicator, Writer, cli, generations, restored_rows, rows
 from replicator import keys, segment
 from replicator.errors import TransientStorageError
 from replicator.restore import restore
-from replicator.storage import FileClient
+from replicator.storage import FileClient, RetryingClient
 
 # Runs the CLI and reports its own peak RSS. VmHWM belongs to this process's address space; getrusage's
 # ru_maxrss would also count the parent it was forked from (Linux carries maxrss across exec).
@@ -434,7 +434,7 @@ class FlakyStreams(FileClient):
 def test_a_download_that_breaks_midway_is_resumed(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
     db, client = replicated
     flaky = FlakyStreams(client.root)
-    restore(flaky, out_dir / "app.db")
+    restore(RetryingClient(flaky, sleep=lambda _: None), out_dir / "app.db")
     assert rows(out_dir / "app.db") == rows(db)
     assert any(k.endswith(".snap") for k in flaky.broken)  # the snapshot's stream broke and was resumed
 

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from replicator.errors import ObjectNotFound
-from replicator.storage import ObjectReader, ReplicaClient
+from replicator.storage import ReplicaClient, RetryingClient
 
 
 def test_put_then_get_returns_the_bytes(client: ReplicaClient) -> None:
@@ -111,10 +111,10 @@ def test_invalid_keys_are_refused(client: ReplicaClient, key: str) -> None:
         client.put(key, b"x")
 
 
-def test_object_reader_streams_in_ranges(client: ReplicaClient) -> None:
+def test_the_retrying_wrapper_streams_every_backend_in_parts(client: ReplicaClient) -> None:
     data = bytes(range(256)) * 1000
     client.put("stream", data)
-    reader = ObjectReader(client, "stream", chunk_size=10_000)
+    reader = RetryingClient(client).stream("stream")
     parts = [reader.read(777) for _ in range(10)]
     assert b"".join(parts) + reader.read() == data
     assert reader.read(10) == b""

@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigError
-from .base import Body, ObjectInfo, ObjectReader, ReplicaClient, ReplicaOptions, check_key
+from .base import Body, ObjectInfo, ReplicaClient, ReplicaOptions, check_key
 from .file import FileClient
 from .memory import MemoryClient
 from .retry import RetryingClient
@@ -18,7 +18,6 @@ __all__ = [
     "FileClient",
     "MemoryClient",
     "ObjectInfo",
-    "ObjectReader",
     "ReplicaClient",
     "ReplicaOptions",
     "RetryingClient",

@@ -90,37 +90,6 @@ def check_key(key: str) -> str:
     return key
 
 
-class ObjectReader:
-    """A read-only file object over an object, fetched in ranged chunks: bounded memory for any size."""
-
-    def __init__(self, client: ReplicaClient, key: str, chunk_size: int = 8 << 20) -> None:
-        self._client = client
-        self._key = key
-        self._chunk = chunk_size
-        self._offset = 0
-        self._buf = b""
-        self._eof = False
-
-    def read(self, size: int = -1) -> bytes:
-        if size < 0:
-            parts = [self._buf]
-            self._buf = b""
-            while not self._eof:
-                parts.append(self._fetch())
-            return b"".join(parts)
-        while len(self._buf) < size and not self._eof:
-            self._buf += self._fetch()
-        out, self._buf = self._buf[:size], self._buf[size:]
-        return out
-
-    def _fetch(self) -> bytes:
-        data = self._client.get(self._key, self._offset, self._chunk)
-        self._offset += len(data)
-        if len(data) < self._chunk:
-            self._eof = True
-        return data
-
-
 @dataclass(frozen=True, slots=True)
 class ReplicaOptions:
     """What a config file can say about an S3 replica beyond its URL (Litestream's per-replica keys)."""

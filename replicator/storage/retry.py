@@ -15,6 +15,29 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class _ResumingStream:
+    """A stream that survives dropped connections: a failed read reopens it at the offset reached, on the
+    wrapper's retry policy (so a restore of a large snapshot does not start over, nor give up at once)."""
+
+    def __init__(self, client: RetryingClient, key: str, offset: int) -> None:
+        self._client, self._key, self._offset = client, key, offset
+        self._stream: Readable | None = client._call(lambda: client.inner.stream(key, offset))
+
+    def read(self, size: int = -1) -> bytes:
+        def attempt() -> bytes:
+            if self._stream is None:
+                self._stream = self._client.inner.stream(self._key, self._offset)
+            try:
+                return self._stream.read(size)
+            except TransientStorageError:
+                self._stream = None
+                raise
+
+        data = self._client._call(attempt)
+        self._offset += len(data)
+        return data
+
+
 class RetryingClient:
     """Retries TransientStorageError up to `attempts` times in all; other errors pass straight through."""
 
@@ -62,8 +85,8 @@ class RetryingClient:
         return self._call(lambda: self.inner.get(key, offset, length))
 
     def stream(self, key: str, offset: int = 0) -> Readable:
-        """Opening is retried; a failure while reading is the caller's to resume (restore does)."""
-        return self._call(lambda: self.inner.stream(key, offset))
+        """Opening is retried, and so is a read that fails midway: the stream is reopened where it broke."""
+        return _ResumingStream(self, key, offset)
 
     def put(self, key: str, body: Body) -> None:
         if isinstance(body, bytes):
