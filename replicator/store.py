@@ -197,6 +197,8 @@ class Store:
                 now = time.monotonic()
                 if self._stopping.is_set() and not stopping:
                     stopping = True
+                    self._changed(self._watcher.wait(0))  # events not read yet (EVENT_GAP) ...
+                    self._discover()  # ... and every database in the directories now gets finished too
                     for entry in self._entries:
                         if entry.failure is not None and not entry.running:
                             entry.done = True  # already let go; its failure stands
