@@ -138,6 +138,10 @@ class Store:
     def replicators(self) -> list[Replicator]:
         return [e.replicator for e in self._entries]
 
+    @property
+    def directories(self) -> list[DirectoryConfig]:
+        return [config for config, _ in self._directories]
+
     def stop(self) -> None:
         """Ship what is committed and stop (thread-safe, and safe in a signal handler)."""
         self._stopping.set()

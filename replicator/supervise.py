@@ -7,7 +7,8 @@ die with us before the final upload. As the parent we outlive the app by constru
 Order of events (docs/DEPLOY.md tells users the same):
 1. For each database that does not exist: restore it from the first replica that holds data (a replica
    without data is a first boot: the app starts with a new database). A replica that fails is an error,
-   and the app is not started: starting it on an empty file would fork its history.
+   and the app is not started: starting it on an empty file would fork its history. A directory of
+   databases (`--dir`) that holds none is restored whole the same way (restore_directory_if_empty).
 2. Start replicating: the state-directory lock is taken (a second replicator is refused here, before the
    app starts), and each database is being followed, or waited for if the app creates it.
 3. Start the child. Signals we receive (TERM, INT, HUP, QUIT, USR1, USR2) are passed on to it; none of
@@ -31,8 +32,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import directory
+from .config import DirectoryConfig
 from .replicate import Replicator
-from .restore import ReplicaEmpty, RestorePlan, apply_plan, leave_state, list_replica, output_exists, plan_restore
+from .restore import (
+    ReplicaEmpty,
+    RestoreError,
+    RestorePlan,
+    apply_plan,
+    leave_state,
+    list_replica,
+    output_exists,
+    plan_restore,
+)
 from .storage import ReplicaClient
 from .store import Store
 
@@ -66,6 +78,24 @@ def restore_if_missing(db: Path, clients: Sequence[ReplicaClient]) -> RestorePla
     return None
 
 
+def restore_directory_if_empty(config: DirectoryConfig) -> int:
+    """A directory of databases that holds none (a fresh disk) is restored whole from the first replica that
+    holds any; returns how many. A directory with databases is left alone: a tenant deleted on purpose keeps
+    its replica (store.py), and must not come back at the next boot."""
+    if directory.scan(config):
+        return 0
+    for url in config.replicas:
+        done = directory.restore_all(url, config.dir, if_db_not_exists=True)
+        if done.failed:
+            name, exc = done.failed[0]
+            raise RestoreError(f"{url}: cannot restore {name} into {config.dir}: {exc}")
+        if done.restored:
+            log.info("restored %d databases into %s from %s", len(done.restored), config.dir, url)
+            return len(done.restored)
+    log.info("%s holds no databases and no replica holds any: the app starts with none", config.dir)
+    return 0
+
+
 def exit_code_of(status: int) -> int:
     """A wait status as a shell reports it: the exit code, or 128+N for death by signal N."""
     code = os.waitstatus_to_exitcode(status)
@@ -87,6 +117,8 @@ class Supervisor:
     def run(self) -> Outcome:
         for r in self.replicators:
             restore_if_missing(r.db_path, r.clients)
+        for tenants in self.store.directories:
+            restore_directory_if_empty(tenants)
         previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED}
         try:
             self._replication.start()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -268,3 +270,25 @@ def test_one_tenant_writing_in_bulk_does_not_hold_up_the_others(tmp_path: Path, 
             lags.append(min(at for last, at in shipped if last >= txid) - committed)
     lags.sort()
     assert lags[int(len(lags) * 0.99)] <= 1.5, lags[-10:]
+
+
+def test_exec_on_a_fresh_disk_restores_the_directory_before_the_app_starts(
+    tmp_path: Path, file_replica: Replica
+) -> None:
+    data = tmp_path / "tenants"
+    dbs = [data / "a.db", data / "eu" / "b.db"]
+    for db in dbs:
+        write(db, 12)
+    repl = watching(data, file_replica, "--recursive").start()
+    assert repl.stop() == 0, repl.output
+    expected = {db: rows(db) for db in dbs}
+    shutil.rmtree(data)  # a new container: the disk is gone
+    seen = tmp_path / "seen.txt"
+    app = f"import pathlib; pathlib.Path({str(seen)!r}).write_text(str(sorted(pathlib.Path({str(data)!r}).rglob('*.db'))))"
+    done = cli(
+        "replicate", "--dir", str(data), "--recursive", file_replica.url, "--exec", f'{sys.executable} -c "{app}"'
+    )
+    assert done.returncode == 0, done.stderr
+    assert seen.read_text() == str(sorted(dbs))
+    for db, want in expected.items():
+        assert rows(db) == want
