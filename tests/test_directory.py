@@ -284,10 +284,9 @@ def test_exec_on_a_fresh_disk_restores_the_directory_before_the_app_starts(
     expected = {db: rows(db) for db in dbs}
     shutil.rmtree(data)  # a new container: the disk is gone
     seen = tmp_path / "seen.txt"
-    app = f"import pathlib; pathlib.Path({str(seen)!r}).write_text(str(sorted(pathlib.Path({str(data)!r}).rglob('*.db'))))"
-    done = cli(
-        "replicate", "--dir", str(data), "--recursive", file_replica.url, "--exec", f'{sys.executable} -c "{app}"'
-    )
+    app = f"import pathlib as p; p.Path({str(seen)!r}).write_text(str(sorted(p.Path({str(data)!r}).rglob('*.db'))))"
+    command = f'{sys.executable} -c "{app}"'
+    done = cli("replicate", "--dir", str(data), "--recursive", file_replica.url, "--exec", command)
     assert done.returncode == 0, done.stderr
     assert seen.read_text() == str(sorted(dbs))
     for db, want in expected.items():
