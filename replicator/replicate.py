@@ -52,7 +52,7 @@ from .history import format_time
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .lineage import LocalFacts, NewGeneration, Reason, beyond, local_state_problem, prove_chain
 from .segment import Writable
-from .snapshot import build_overlay, write_snapshot
+from .snapshot import build_overlay, overlay_of, write_snapshot
 from .sqlite import (
     Database,
     DatabaseBusy,
@@ -102,6 +102,7 @@ class _Start:
     cursor: WalPosition | None
     db_size: int
     armed: bool
+    overlay: dict[int, int]  # the snapshot's WAL pages, from the same scan (snapshot.overlay_of)
 
 
 class Replicator:
@@ -762,7 +763,7 @@ class Replicator:
         )
         if self.tracker.generation_wanted != cause:
             log.info("starting generation %016x: %s", generation, cause)
-        self._write_snapshot(state, start.life, now)
+        self._write_snapshot(state, start.life, now, start.overlay)  # one scan of the WAL, not two
         self.tracker.follow(start.life, start.cursor, armed=start.armed)
         self.pending = []
 
@@ -772,6 +773,7 @@ class Replicator:
         life = self.wal_file.header()
         index = self.db.read_index()
         cursor: WalPosition | None = None
+        overlay: dict[int, int] = {}
         db_size = self._file_db_size()
         if life is not None and index is not None and index.salt == life.salt:
             scanner = wal.FrameScanner(life)
@@ -780,11 +782,12 @@ class Replicator:
             cursor = WalPosition(life.salt, life.checkpoint_seq, scanner.committed_frames, checksum)
             if transactions:
                 db_size = transactions[-1].db_size
+            overlay = overlay_of(transactions)
         self.db.unpin()
         self.db.pin()
         after = self.db.read_index()
         armed = after is not None and after.backfilled == after.max_frame == (cursor.frames if cursor else 0)
-        return _Start(life, cursor, db_size, armed)
+        return _Start(life, cursor, db_size, armed, overlay)
 
     def _file_db_size(self) -> int:
         """Pages in the database file itself (the state when the WAL holds nothing)."""
@@ -810,14 +813,19 @@ class Replicator:
             return
         self._write_snapshot(replace(self.state, last_snapshot_us=now), self.tracker.life, now)
 
-    def _write_snapshot(self, state: ShipperState, life: wal.WalHeader | None, now: int) -> None:
-        """Spool the snapshot of `state`'s position (see snapshot.py for why the image is consistent)."""
+    def _write_snapshot(
+        self, state: ShipperState, life: wal.WalHeader | None, now: int, overlay: dict[int, int] | None = None
+    ) -> None:
+        """Spool the snapshot of `state`'s position (see snapshot.py for why the image is consistent).
+
+        `overlay`: the WAL pages up to that position, when the caller has just scanned them."""
         assert self.db is not None
         db = self.db
         key = SnapshotKey(state.generation, state.txid, now)
-        position = state.wal
-        in_life = position is not None and life is not None and position.salt == life.salt
-        overlay = build_overlay(self.wal_file, life, position.frames if position and in_life else 0)
+        if overlay is None:
+            position = state.wal
+            in_life = position is not None and life is not None and position.salt == life.salt
+            overlay = build_overlay(self.wal_file, life, position.frames if position and in_life else 0)
         read_pages = self._page_reader(life) if life is not None else (lambda pairs: [])
 
         def write(out: Writable) -> None:

@@ -11,7 +11,7 @@ the file, which then holds that very version.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from . import segment, wal
 from .batch import PageReader
@@ -21,15 +21,21 @@ _CHUNK_PAGES = 256
 ReadAt = Callable[[int, int], bytes]  # (offset, length) -> bytes of the database file
 
 
+def overlay_of(transactions: Iterable[wal.Transaction]) -> dict[int, int]:
+    """For each page the transactions change: the frame of its last version."""
+    frames: dict[int, int] = {}
+    for t in transactions:
+        for i, pgno in enumerate(t.pgnos):
+            frames[pgno] = t.first_frame + i
+    return frames
+
+
 def build_overlay(wal_file: WalFile, header: wal.WalHeader | None, end_frame: int) -> dict[int, int]:
     """For each page changed in frames [0, end_frame) of the WAL life `header`: its last frame."""
     if header is None or end_frame == 0:
         return {}
     scanner = wal.FrameScanner(header)
-    frames: dict[int, int] = {}
-    for t in wal_file.scan(scanner, end_frame):
-        for i, pgno in enumerate(t.pgnos):
-            frames[pgno] = t.first_frame + i
+    frames = overlay_of(wal_file.scan(scanner, end_frame))
     if scanner.committed_frames != end_frame:
         current = wal_file.header()
         if current is None or current.salt != header.salt:
