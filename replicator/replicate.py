@@ -450,14 +450,14 @@ class Replicator:
         except ReplicatorError as exc:
             log.error("replication error: %s", exc)
             return now + 1.0
-        wake = self._wake_at(time.monotonic())
-        if wake is None and self.db is not None:
-            self.db.release_writer()  # idle until a commit: its memory is better spent on busy databases
-        return wake
-
-    def _wake_at(self, now: float) -> float | None:
-        """The tracker's answer, or sooner for a snapshot that is due or was asked for."""
+        now = time.monotonic()
         wake = self.tracker.wake_at(now, unflushed=self._unflushed())
+        if wake is None:
+            self.db.release_writer()  # idle until a commit: its memory is better spent on busy databases
+        return self._snapshot_wake(now, wake)
+
+    def _snapshot_wake(self, now: float, wake: float | None) -> float | None:
+        """The tracker's answer, or sooner for a snapshot that is due or was asked for."""
         if self.outbox.snapshot_requested():
             return now
         if self.state is not None and self.state.txid > 0:

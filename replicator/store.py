@@ -307,11 +307,10 @@ class Store:
             job.event = True
             return
         job.running, job.event = True, False
-        url = job.uploader.client.url
-        pool = self._upload_pools.get(endpoint_of(url))
+        endpoint = endpoint_of(job.uploader.client.url)
+        pool = self._upload_pools.get(endpoint)
         if pool is None:
-            name = f"upload {endpoint_of(url)}"
-            pool = self._upload_pools[endpoint_of(url)] = ThreadPoolExecutor(UPLOADS_PER_ENDPOINT, name)
+            pool = self._upload_pools[endpoint] = ThreadPoolExecutor(UPLOADS_PER_ENDPOINT, f"upload {endpoint}")
         pool.submit(self._upload, job)
 
     def _register_uploads(self, entry: _Entry) -> None:
@@ -365,7 +364,8 @@ class Store:
                 continue
             entry = job
             if outcome == "stepped":
-                entry.failures = 0
+                if entry.replicator.db is not None:
+                    entry.failures = 0  # it follows its database again: the backoff starts over
                 if not entry.watched:
                     entry.watched = self._watcher.watch(entry.path.parent)
                 if entry.replicator.halted:
