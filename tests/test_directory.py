@@ -34,6 +34,14 @@ def write(db: Path, count: int, *, start: int = 1, rate: float = 500) -> None:
     Writer(db, db.with_name(db.name + ".log")).start(count=count, rate=rate, start=start).wait()
 
 
+def replicated(data: Path, replica: Replica, dbs: list[Path], count: int, *options: str) -> None:
+    """`count` rows written into each database, then one `--dir` run over them, stopped cleanly."""
+    for db in dbs:
+        write(db, count)
+    repl = watching(data, replica, *options).start()
+    assert repl.stop() == 0, repl.output
+
+
 def wait_for(what: str, check: object, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not callable(check) or not check():
@@ -123,10 +131,7 @@ def test_a_corrupt_database_is_isolated_from_the_healthy_ones(tmp_path: Path, fi
 def test_restore_dir_all_rebuilds_the_whole_directory(tmp_path: Path, replica: Replica) -> None:
     data = tmp_path / "tenants"
     dbs = [data / "a.db", data / "eu" / "b.db"]
-    for db in dbs:
-        write(db, 25)
-    repl = watching(data, replica, "--recursive").start()
-    assert repl.stop() == 0, repl.output
+    replicated(data, replica, dbs, 25, "--recursive")
     out = tmp_path / "restored"
     done = cli("restore", "--dir-all", replica.url, "-o", str(out), env=replica.env)
     assert done.returncode == 0, done.stderr
@@ -139,9 +144,7 @@ def test_restore_dir_all_rebuilds_the_whole_directory(tmp_path: Path, replica: R
 
 def test_restore_dir_all_into_a_directory_that_holds_them_refuses_each(tmp_path: Path, file_replica: Replica) -> None:
     data = tmp_path / "tenants"
-    write(data / "a.db", 5)
-    repl = watching(data, file_replica).start()
-    assert repl.stop() == 0, repl.output
+    replicated(data, file_replica, [data / "a.db"], 5)
     done = cli("restore", "--dir-all", file_replica.url, "-o", str(data))
     assert done.returncode == 1 and "error: a.db:" in done.stderr and "Traceback" not in done.stderr
 
@@ -277,10 +280,7 @@ def test_exec_on_a_fresh_disk_restores_the_directory_before_the_app_starts(
 ) -> None:
     data = tmp_path / "tenants"
     dbs = [data / "a.db", data / "eu" / "b.db"]
-    for db in dbs:
-        write(db, 12)
-    repl = watching(data, file_replica, "--recursive").start()
-    assert repl.stop() == 0, repl.output
+    replicated(data, file_replica, dbs, 12, "--recursive")
     expected = {db: rows(db) for db in dbs}
     shutil.rmtree(data)  # a new container: the disk is gone
     seen = tmp_path / "seen.txt"
