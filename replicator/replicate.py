@@ -171,8 +171,9 @@ class Replicator:
         return tuple(seen)
 
     @property
-    def news_pending(self) -> bool:
-        return self.db is not None and self.tracker.news_pending
+    def capture_not_before(self) -> float:
+        """When a commit could next be captured (tracker.capture_not_before); -inf while not following."""
+        return self.tracker.capture_not_before if self.db is not None else float("-inf")
 
     # -- driven by the store --------------------------------------------------------------------------
 
@@ -181,6 +182,12 @@ class Replicator:
 
         Sets `halted` when `stopping` and it is time to finish (at once, or after the grace period).
         """
+        try:
+            return self._step(stopping)
+        finally:
+            self.wal_file.forget()  # the frames this step scanned and kept: encoded by now, or read again
+
+    def _step(self, stopping: bool) -> float | None:
         now = time.monotonic()
         self.fingerprint = self.files_fingerprint()
         if stopping and self._halting(now):
@@ -901,6 +908,7 @@ class Replicator:
         self._captured_us = _now_us()
         if self.db is not None:
             self._final_capture(deadline)
+            self.wal_file.forget()
         self._drain(deadline)
         self._report()
 
@@ -922,6 +930,8 @@ class Replicator:
                 except (SpoolWriteFailed, DatabaseBusy, Discontinuity) as exc:
                     log.error("snapshot for a replica failed: %s", exc)
                     self.outbox.request_snapshot()
+                finally:
+                    self.wal_file.forget()
             time.sleep(0.05)
         self._check_uploaders()
 

@@ -3,11 +3,15 @@
 Rules:
 1. A database (replicate.Replicator) is stepped by one pool thread at a time; each step says when the
    database is next due, or that only a file event can give it work. Nothing else wakes an idle database.
-2. File events (watch.py) make a database due at once, and once more a poll later: SQLite writes the WAL
-   before its index says the commit happened. A database already waiting to ship (its sync interval) is not
-   woken again by more commits. Events are read at most once per EVENT_GAP: while apps commit hundreds
-   of times a second, the kernel gathers their events and the store wakes 40 times a second, not per
-   commit; the first commit after a quiet spell is read at once.
+2. A commit's file event (watch.py) makes a database due as soon as a capture is allowed: at once after a
+   quiet spell, else when its sync interval ends (a busy database is stepped once per interval, however
+   many commits it makes). An event's step is followed by one more a poll later: SQLite writes the WAL
+   before its index says the commit happened. A file created, deleted or renamed is looked at at once.
+   Events are read at most once per EVENT_GAP: while apps commit hundreds of times a second, the kernel
+   gathers their events and the store wakes 40 times a second, not per commit; the first commit after a
+   quiet spell is read at once. While every event read is a commit of a database already waiting for its
+   interval, the gap doubles up to EVENT_GAP_MAX (a busy database alone costs 10 wake-ups a second, not
+   40); the first event that needs a look sets it back.
 3. A sweep every SWEEP seconds stats every database's files and steps those that changed since their
    last step: it covers lost events at a few microseconds per database. Databases whose directory cannot
    be watched are looked at every few polls instead.
@@ -46,7 +50,8 @@ from .watch import Changes, Watcher, database_of
 
 log = logging.getLogger(__name__)
 
-EVENT_GAP = 0.025  # after reading file events, let the next ones gather this long (rule 2)
+EVENT_GAP = 0.025  # after reading file events, let the next ones gather this long (rule 2) ...
+EVENT_GAP_MAX = 0.1  # ... or up to this long while they only repeat what is known
 SWEEP = 10.0  # seconds between looks at every database's files (rule 3)
 RETRY_FIRST, RETRY_MAX = 5.0, 300.0  # backoff of a failed database (rule 4)
 FINISH_WORKERS = 16
@@ -61,8 +66,9 @@ class _Entry:
     replicator: Replicator
     due: float | None = None
     running: bool = False
-    event: bool = False  # a file event came that no step has looked at yet (rule 2)
+    event: bool = False  # a commit's file event came that no step has looked at yet (rule 2)
     stepped_for_event: bool = False  # the running step is such a look
+    urgent: bool = False  # step again as soon as the running step ends (a poke, a file moved, a due time)
     watched: bool = False
     failure: BaseException | None = None
     failures: int = 0  # in a row: the backoff
@@ -84,7 +90,7 @@ class _Upload:
     replicator: Replicator  # the one it serves: a restarted database's new uploaders replace these
     due: float | None = None
     running: bool = False
-    event: bool = False
+    urgent: bool = False  # its outbox had news while it ran: step again
 
     @property
     def stale(self) -> bool:
@@ -184,6 +190,7 @@ class Store:
         stopping = False
         next_sweep = time.monotonic() + SWEEP
         events_at = 0.0  # file events are read again from then on
+        gap = EVENT_GAP
         try:
             for entry in self._entries:
                 entry.watched = self._watcher.watch(entry.path.parent)
@@ -213,18 +220,18 @@ class Store:
                     else:
                         self._dispatch(job, work, stopping)
                 timeout = max(0.0, min(self._heap[0][0] if self._heap else next_sweep, next_sweep) - now)
-                resting = now < events_at  # rule 2's bound on wake-ups
-                changes = self._watcher.wait(min(timeout, events_at - now) if resting else timeout, events=not resting)
-                if changes.written or changes.moved:
-                    events_at = time.monotonic() + EVENT_GAP
+                changes = self._watcher.wait(timeout, events_from=events_at)  # rule 2's bound on wake-ups
                 self._collect(finishing, stopping)
-                self._changed(changes)
+                news = self._changed(changes)
+                if changes.written or changes.moved:
+                    gap = EVENT_GAP if news else min(2 * gap, EVENT_GAP_MAX)
+                    events_at = time.monotonic() + gap
                 while not self._registrations.empty():
                     self._register_uploads(self._registrations.get())
                 while not self._pokes.empty():
                     poked = self._pokes.get()
                     if poked.running:
-                        poked.event = True  # its step may have missed the news: another one follows
+                        poked.urgent = True  # its step may have missed the news: another one follows
                     self._schedule(poked, time.monotonic())
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + SWEEP
@@ -284,9 +291,9 @@ class Store:
         if entry.done:
             return
         if entry.running:
-            entry.event = True  # look again once this step is over
+            entry.urgent = True  # look again once this step is over
             return
-        entry.running = True
+        entry.running, entry.urgent = True, False
         if entry.failure is not None:
             if stopping:
                 entry.running, entry.done = False, True
@@ -304,9 +311,9 @@ class Store:
             self._uploads.pop(id(job.uploader), None)
             return
         if job.running:
-            job.event = True
+            job.urgent = True
             return
-        job.running, job.event = True, False
+        job.running, job.urgent = True, False
         endpoint = endpoint_of(job.uploader.client.url)
         pool = self._upload_pools.get(endpoint)
         if pool is None:
@@ -332,26 +339,37 @@ class Store:
 
         replicator.outbox.on_news = news
 
-    def _changed(self, changes: Changes) -> None:
+    def _changed(self, changes: Changes) -> bool:
+        """Schedule the databases the events are about; False if they only repeated what was known (rule 2):
+        commits of databases already waiting for their sync interval, or files that are no database."""
         now = time.monotonic()
         if changes.overflow:
             for entry in self._entries:
                 self._schedule(entry, now)
-            return
+            return True
+        news = False
         for path in changes.written | changes.moved:
             found = self._by_path.get(database_of(path))
             if found is None:
                 if self._directories and path == database_of(path):
+                    news = True
                     self._directory_change(path)
                 continue
             if found.failure is not None:
                 continue
             if self._directories and path == found.path and not path.exists() and self._in_directory(found.path):
                 found.removing = True  # deleted: finished cleanly, its replica kept
-            if path not in changes.moved and not found.running and found.replicator.news_pending:
-                continue  # already due at its sync interval (rule 2)
-            found.event = True
-            self._schedule(found, now)
+            if path in changes.moved:
+                found.urgent = found.running
+                self._schedule(found, now)
+                news = True
+            else:
+                at = max(now, found.replicator.capture_not_before)
+                news = news or at == now
+                found.event = True
+                if not found.running:
+                    self._schedule(found, at)
+        return news
 
     def _collect(self, finishing: ThreadPoolExecutor, stopping: bool) -> None:
         """Take in what the pool threads did: reschedule, finish, or isolate a failure (rule 4)."""
@@ -374,11 +392,14 @@ class Store:
                     continue
                 poll = entry.replicator.settings.poll_interval
                 if not entry.watched:
-                    wake = min(wake, now + 3 * poll) if wake is not None else now + 3 * poll
-                if entry.event:
+                    wake = _earliest(wake, now + 3 * poll)
+                capture_at = entry.replicator.capture_not_before
+                if entry.urgent:
                     wake = now
-                elif entry.stepped_for_event:
-                    wake = min(wake, now + poll) if wake is not None else now + poll
+                elif entry.event:  # commits came while it stepped (rule 2)
+                    wake = _earliest(wake, max(now, capture_at))
+                elif entry.stepped_for_event:  # it may have looked just before the index said so (rule 2)
+                    wake = _earliest(wake, max(now + poll, capture_at))
                 self._schedule(entry, wake)
             elif outcome == "finished":
                 entry.done = True
@@ -407,7 +428,7 @@ class Store:
             job.uploader.crashed = exc  # the database's next step fails with it (uploader rule 8)
             self._schedule(job.owner, time.monotonic())
             return
-        if job.event and not job.uploader.done:
+        if job.urgent and not job.uploader.done:
             wake = time.monotonic()
         self._schedule(job, wake)
 
@@ -473,6 +494,10 @@ class Store:
         except BaseException as exc:
             self._results.put((entry, "failed", None, exc))
         self._watcher.wake()
+
+
+def _earliest(wake: float | None, at: float) -> float:
+    return at if wake is None else min(wake, at)
 
 
 def _log_unexpected(path: Path, exc: BaseException) -> None:

@@ -110,9 +110,10 @@ class Tracker:
         self.follow(None, None, armed=False)
 
     @property
-    def news_pending(self) -> bool:
-        """The last index observed showed commits we have not collected yet (they wait for the sync interval)."""
-        return self.has_news(self._index)
+    def capture_not_before(self) -> float:
+        """Commits seen before then wait for the sync interval anyway, so a commit's file event needs no look
+        at the database before then (store.py's rule 2)."""
+        return self._last_ship + self.settings.sync_interval
 
     def has_news(self, index: WalIndexHeader | None) -> bool:
         if index is None:
@@ -197,7 +198,11 @@ class Tracker:
         return Action.NOTHING
 
     def _shipped(self, now: float) -> None:
-        self._last_ship = self._last_news = now
+        """A capture is under way. A busy app's captures keep to the sync interval's beat (a step that ran
+        late does not delay the next one); after a quiet spell the beat starts again now."""
+        sync = self.settings.sync_interval
+        self._last_ship = self._last_ship + sync if now - self._last_ship < 2 * sync else now
+        self._last_news = now
         self._truncate_due = True
 
     def _checkpoint_due(self, now: float) -> bool:
@@ -228,10 +233,10 @@ class Tracker:
         poll = self.settings.poll_interval
         if self.generation_wanted is not None or (unflushed and self.spool_failing):
             return max(self._retry_at, now + poll)
+        if self.has_news(self._index):  # also ends a checkpoint (step 3) while the app keeps committing
+            return max(self._last_ship + self.settings.sync_interval, now + poll)
         if self.step is CheckpointStep.COPIED:
             return now + poll
-        if self.has_news(self._index):
-            return max(self._last_ship + self.settings.sync_interval, now + poll)
         if self.spool_failing:
             return None
         quiet_at = self._last_news + IDLE_CHECKPOINT_AFTER

@@ -204,7 +204,7 @@ class FrameScanner:
         self.checksum: Checksum = header.checksum if seed is None else seed
         self.stopped_at_invalid = False
         self._pending_first = next_frame
-        self._pending: list[npt.NDArray[np.uint32]] = []
+        self._pending: list[int] = []  # page numbers of frames after the last commit frame
 
     @property
     def committed_frames(self) -> int:
@@ -248,20 +248,19 @@ class FrameScanner:
     def _accept(self, chunk: memoryview, n: int) -> list[Transaction]:
         size = self.header.frame_size
         fields = np.ndarray((n, 6), dtype=">u4", buffer=chunk, strides=(size, 4))
-        pgnos = fields[:, 0].astype(np.uint32)
+        pgnos = fields[:, 0].tolist()  # one conversion per chunk: a busy app commits many tiny transactions
         commits = np.flatnonzero(fields[:, 1])
+        ends = fields[commits][:, [1, 4, 5]].tolist()  # (db_size, checksum) of each commit frame
         done: list[Transaction] = []
         lo = 0
-        for idx in commits.tolist():
-            self._pending.append(pgnos[lo : idx + 1])
-            frames = np.concatenate(self._pending).tolist()
+        for idx, (db_size, s0, s1) in zip(commits.tolist(), ends, strict=True):
+            frames = self._pending + pgnos[lo : idx + 1] if self._pending else pgnos[lo : idx + 1]
             self._pending = []
-            checksum = (int(fields[idx, 4]), int(fields[idx, 5]))
-            done.append(Transaction(self._pending_first, tuple(frames), int(fields[idx, 1]), checksum))
+            done.append(Transaction(self._pending_first, tuple(frames), db_size, (s0, s1)))
             self._pending_first += len(frames)
             lo = idx + 1
         if lo < n:
-            self._pending.append(pgnos[lo:])
+            self._pending += pgnos[lo:]
         self.next_frame += n
         self.checksum = (int(fields[n - 1, 4]), int(fields[n - 1, 5]))
         return done

@@ -13,6 +13,7 @@ from .errors import InvalidWalHeader
 
 _CHUNK = 2 << 20  # bytes per read
 _KEEP = 256 << 10  # buffers up to this size are reused across reads (a steady trickle of commits)
+KEPT_FRAMES_BYTES = 8 << 20  # frames a scan keeps for `read_verified`, until `forget` (see `scan`)
 
 
 class WalFile:
@@ -28,6 +29,8 @@ class WalFile:
         self._fd: int | None = None
         self._inode: int | None = None
         self._buffer = bytearray()
+        self._kept: list[tuple[tuple[int, int], int, bytes]] = []  # (life's salt, first frame, whole frames)
+        self._kept_bytes = 0
 
     def _read(self, fd: int, length: int, offset: int) -> memoryview:
         """pread into a buffer reused across calls (valid until the next read); large ones are not kept,
@@ -41,6 +44,7 @@ class WalFile:
         return view[: os.preadv(fd, [view], offset)]
 
     def close(self) -> None:
+        self.forget()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -76,7 +80,10 @@ class WalFile:
             return None
 
     def scan(self, scanner: wal.FrameScanner, end_frame: int) -> Iterator[wal.Transaction]:
-        """Feed frames [scanner.next_frame, end_frame) to the scanner; yield each transaction it commits."""
+        """Feed frames [scanner.next_frame, end_frame) to the scanner; yield each transaction it commits.
+
+        The frames it verified are kept (up to KEPT_FRAMES_BYTES, until `forget`), so that encoding them
+        right after reads and checksums nothing a second time (`read_verified`)."""
         fd = self._handle()
         if fd is None:
             return
@@ -86,9 +93,29 @@ class WalFile:
             start = scanner.next_frame
             count = min(per_read, end_frame - start)
             data = self._read(fd, count * header.frame_size, header.frame_offset(start))
-            yield from scanner.feed(data)
+            transactions = scanner.feed(data)
+            verified = (scanner.next_frame - start) * header.frame_size
+            if verified and self._kept_bytes + verified <= KEPT_FRAMES_BYTES:
+                self._kept.append((header.salt, start, bytes(data[:verified])))
+                self._kept_bytes += verified
+            yield from transactions
             if scanner.next_frame == start or scanner.stopped_at_invalid:
                 return
+
+    def forget(self) -> None:
+        """Drop the frames `scan` kept (the caller's step is over: what it did not encode is read again)."""
+        self._kept, self._kept_bytes = [], 0
+
+    def _from_kept(self, header: wal.WalHeader, frames: Sequence[int], result: dict[int, bytes | None]) -> None:
+        size, page = header.frame_size, header.page_size
+        for salt, first, data in self._kept:
+            if salt != header.salt:
+                continue
+            end = first + len(data) // size
+            for frame in frames:
+                if first <= frame < end:
+                    start = (frame - first) * size + wal.FRAME_HEADER_SIZE
+                    result[frame] = data[start : start + page]
 
     def frame_header(self, header: wal.WalHeader, frame: int) -> wal.FrameHeader:
         fd = self._handle()
@@ -97,17 +124,21 @@ class WalFile:
         return wal.parse_frame_header(os.pread(fd, wal.FRAME_HEADER_SIZE, header.frame_offset(frame)))
 
     def read_verified(self, header: wal.WalHeader, frames: Sequence[int]) -> dict[int, bytes | None]:
-        """Page images of `frames` of the life `header`, each re-verified; None where a frame no longer is.
+        """Page images of `frames` of the life `header`, verified; None where a frame no longer is.
 
-        A frame is verified like the scanner does, seeded by its predecessor's stored checksum, so it fails
-        only if the WAL was restarted and overwritten since we scanned it.
+        Frames a scan kept were verified as it read them. Any other frame is read again and verified like
+        the scanner does, seeded by its predecessor's stored checksum, so it fails only if the WAL was
+        restarted and overwritten since we scanned it.
         """
         result: dict[int, bytes | None] = dict.fromkeys(frames)
-        fd = self._handle()
+        if self._kept:
+            self._from_kept(header, frames, result)
+        missing = [frame for frame, page in result.items() if page is None]
+        fd = self._handle() if missing else None
         if fd is None:
             return result
         size = header.frame_size
-        for first, last in _runs(sorted(result)):
+        for first, last in _runs(sorted(missing)):
             lo = max(first - 1, 0)
             data = self._read(fd, (last - lo + 1) * size, header.frame_offset(lo))
             if len(data) != (last - lo + 1) * size:

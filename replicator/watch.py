@@ -12,15 +12,22 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import select
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inotify_simple import INotify
 
 log = logging.getLogger(__name__)
 
 _SUFFIXES = ("-wal", "-shm", "-journal")
+_PATHS_KEPT = 4096  # file paths remembered (_path); forgotten all at once beyond that
 
 
 @dataclass(slots=True)
@@ -32,6 +39,7 @@ class Changes:
     overflow: bool = False
 
 
+@functools.lru_cache(maxsize=_PATHS_KEPT)
 def database_of(path: Path) -> Path:
     """The database a file belongs to: `app.db-wal` -> `app.db`."""
     for suffix in _SUFFIXES:
@@ -47,6 +55,7 @@ class Watcher:
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._dirs: dict[int, Path] = {}
         self._watched: set[Path] = set()
+        self._paths: dict[tuple[Path, str], Path] = {}
         try:
             from inotify_simple import INotify, flags
         except (ImportError, OSError):
@@ -89,14 +98,20 @@ class Watcher:
         except BlockingIOError:
             pass  # already pending
 
-    def wait(self, timeout: float | None, *, events: bool = True) -> Changes:
+    def wait(self, timeout: float | None, *, events_from: float = 0.0) -> Changes:
         """Block until something changed, `wake` was called, or `timeout` seconds passed.
 
-        With `events` False, file events are left queued in the kernel (which merges repeats) for a later
-        call: how a caller bounds its wake-ups while databases are busy.
+        File events are read only from `events_from` (time.monotonic()) on: until then they stay queued in
+        the kernel, which merges repeats, and are read in the same call once that time comes. This is how a
+        caller bounds its wake-ups while databases are busy, at one wake-up per bound.
         """
-        watching = events and self._inotify is not None
-        fds = [self._wakeup_r] + ([self._inotify.fileno()] if watching and self._inotify is not None else [])
+        inotify = self._inotify
+        rest = events_from - time.monotonic()
+        fds = [self._wakeup_r]
+        if inotify is not None and rest <= 0:
+            fds.append(inotify.fileno())
+        elif timeout is None or rest < timeout:
+            timeout = rest
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
@@ -108,19 +123,32 @@ class Watcher:
                     pass
             except BlockingIOError:
                 pass
-        if watching and self._inotify is not None and self._inotify.fileno() in ready:
-            for event in self._inotify.read(timeout=0):
-                if event.mask & self._overflow:
-                    changes.overflow = True
-                elif event.mask & self._ignored:
-                    directory = self._dirs.pop(event.wd, None)
-                    if directory is not None:
-                        self._watched.discard(directory)  # deleted or unmounted: re-watched when it is back
-                        changes.overflow = True
-                elif (directory := self._dirs.get(event.wd)) is not None:
-                    path = directory / event.name if event.name else directory
-                    (changes.written if event.mask == self._modify else changes.moved).add(path)
+        if inotify is not None and time.monotonic() >= events_from:
+            self._read_events(inotify, changes)
         return changes
+
+    def _read_events(self, inotify: INotify, changes: Changes) -> None:
+        for event in inotify.read(timeout=0):
+            if event.mask & self._overflow:
+                changes.overflow = True
+            elif event.mask & self._ignored:
+                directory = self._dirs.pop(event.wd, None)
+                if directory is not None:
+                    self._watched.discard(directory)  # deleted or unmounted: re-watched when it is back
+                    changes.overflow = True
+            elif (directory := self._dirs.get(event.wd)) is not None:
+                path = self._path(directory, event.name)
+                (changes.written if event.mask == self._modify else changes.moved).add(path)
+
+    def _path(self, directory: Path, name: str) -> Path:
+        """The same Path object for the same file each time: a busy app's events cost no path parsing."""
+        key = (directory, name)
+        path = self._paths.get(key)
+        if path is None:
+            if len(self._paths) >= _PATHS_KEPT:
+                self._paths.clear()
+            path = self._paths[key] = directory / name if name else directory
+        return path
 
     def close(self) -> None:
         if self._inotify is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from boto3.exceptions import S3UploadFailedError
@@ -108,6 +109,14 @@ def test_s3_prefix_is_the_root(s3_location: S3Location) -> None:
     b.put("k", b"x")
     assert [o.key for o in a.list()] == ["two/k"]
     assert [o.key for o in b.list()] == ["k"]
+
+
+def test_s3_uploads_send_their_body_without_waiting_for_100_continue(s3_location: S3Location) -> None:
+    client = s3_location.client()
+    sent: list[dict[str, Any]] = []
+    client._client.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent.append(request.headers))
+    client.put("segment", b"x" * 4000)
+    assert sent and "Expect" not in sent[0]
 
 
 def test_open_client_reads_replica_urls(tmp_path: Path) -> None:

@@ -60,9 +60,29 @@ def test_commits_within_the_sync_interval_wait_for_it() -> None:
     assert tracker.decide(index(3), now=100.0, unflushed=False) is Action.CAPTURE
     collect(tracker, index(3))
     assert tracker.decide(index(5), now=100.4, unflushed=False) is Action.NOTHING
-    assert tracker.news_pending
+    assert tracker.capture_not_before == pytest.approx(101.0)
     assert tracker.wake_at(100.4, unflushed=False) == pytest.approx(101.0)
     assert tracker.decide(index(5), now=101.0, unflushed=False) is Action.CAPTURE
+
+
+def test_a_busy_apps_captures_keep_the_sync_intervals_beat_when_a_step_runs_late() -> None:
+    tracker = following()
+    assert tracker.decide(index(3), now=100.0, unflushed=False) is Action.CAPTURE
+    collect(tracker, index(3))
+    assert tracker.decide(index(5), now=101.03, unflushed=False) is Action.CAPTURE  # 30 ms late
+    collect(tracker, index(5))
+    tracker.decide(index(7), now=101.1, unflushed=False)
+    assert tracker.wake_at(101.1, unflushed=False) == pytest.approx(102.0)  # not 102.03
+
+
+def test_after_a_quiet_spell_the_beat_starts_again_at_the_next_commit() -> None:
+    tracker = following()
+    assert tracker.decide(index(3), now=100.0, unflushed=False) is Action.CAPTURE
+    collect(tracker, index(3))
+    assert tracker.decide(index(5), now=107.5, unflushed=False) is Action.CAPTURE
+    collect(tracker, index(5))
+    tracker.decide(index(7), now=107.6, unflushed=False)
+    assert tracker.wake_at(107.6, unflushed=False) == pytest.approx(108.5)
 
 
 def test_an_idle_armed_database_has_no_wake_up_of_its_own() -> None:
@@ -92,6 +112,7 @@ def test_step_three_waits_for_the_sync_interval_while_commits_keep_coming() -> N
     collect(tracker, index(150))
     tracker.checkpoint_started(100.0, quiet=False)
     assert tracker.decide(index(160), now=100.5, unflushed=False) is Action.NOTHING
+    assert tracker.wake_at(100.5, unflushed=False) == pytest.approx(101.0)  # no polling meanwhile
     assert tracker.decide(index(170), now=101.0, unflushed=False) is Action.FINISH_CHECKPOINT
 
 

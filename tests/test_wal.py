@@ -21,6 +21,7 @@ from sqlite_helpers import (
 
 from replicator import wal
 from replicator.errors import InvalidWalHeader
+from replicator.walfile import WalFile
 
 
 def commit_ends(conn: sqlite3.Connection, db: Path, first: int, count: int, **kw: int) -> dict[int, int]:
@@ -303,4 +304,28 @@ def test_committed_prefix_matches_sqlite_after_reopening(
     # Rebuild what our reader claims: the checkpointed database plus our committed frames, applied by SQLite.
     claimed = cut_data[: ours.header.frame_offset(ours.committed_frames)] if ours.header else b""
     assert sqlite_last_tx(snapshot_files(db, tmp / "claimed", claimed)) == sqlite_sees
+    conn.close()
+
+
+# -- the live WAL file (walfile.py) ----------------------------------------------------------------------
+
+
+def test_frames_a_scan_kept_stay_readable_after_the_wal_restarts_over_them(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    conn = open_writer(db)
+    write_transactions(conn, 1, 5, rows=3)
+    before = Path(f"{db}-wal").read_bytes()
+    header = wal.parse_header(before)
+    wal_file = WalFile(Path(f"{db}-wal"))
+    scanner = wal.FrameScanner(header)
+    transactions = list(wal_file.scan(scanner, 10_000))
+    frames = list(range(transactions[-1].end_frame))
+    expected = {f: before[header.frame_offset(f) + 24 : header.frame_offset(f + 1)] for f in frames}
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    write_transactions(conn, 6, 5, rows=3)  # a new life, written over the old frames
+
+    assert wal_file.read_verified(header, frames) == expected  # kept: nothing read again
+    wal_file.forget()
+    assert wal_file.read_verified(header, [0]) == {0: None}  # read again: overwritten by the new life
+    wal_file.close()
     conn.close()
