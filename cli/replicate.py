@@ -37,6 +37,11 @@ from .common import setup_logging
 )
 @click.option("--verify-interval", help="While uploading, how often each replica is re-checked. [default: 30s]")
 @click.option(
+    "--spool-limit",
+    help="Most the local spool holds for every database together; beyond it, what only unreachable replicas "
+    "wait for is dropped (they get a fresh snapshot when back). [default: 1GB]",
+)
+@click.option(
     "--takeover",
     is_flag=True,
     help="Replicate even to a replica that belongs to another database (it moved, or replaces that one).",
@@ -90,6 +95,7 @@ def replicate(
     from replicator.config import DirectoryConfig, Settings, resolve
     from replicator.errors import ReplicatorError
     from replicator.replicate import Replicator
+    from replicator.spool import SpoolBudget
     from replicator.store import Store
     from replicator.supervise import Supervisor
 
@@ -104,16 +110,21 @@ def replicate(
         path = Path(db_path) if db_path is not None else None
         resolved = resolve(path, replica_urls, config_path, options, expand_env=expand_env)
     command = command or resolved.exec_command
+    everything = [*resolved.databases, *resolved.directories]
+    budget = SpoolBudget(max((d.settings.spool_limit for d in everything), default=Settings().spool_limit))
 
     def replicator_in(d: DirectoryConfig) -> Callable[[Path], Replicator]:
         def make(path: Path) -> Replicator:
             one = d.database(path)
-            return Replicator(path, one.clients(), one.settings, takeover=takeover)
+            return Replicator(path, one.clients(), one.settings, takeover=takeover, budget=budget)
 
         return make
 
     store = Store(
-        [functools.partial(Replicator, d.path, d.clients(), d.settings, takeover=takeover) for d in resolved.databases],
+        [
+            functools.partial(Replicator, d.path, d.clients(), d.settings, takeover=takeover, budget=budget)
+            for d in resolved.databases
+        ],
         directories=[(d, replicator_in(d)) for d in resolved.directories],
     )
     child_code = 0

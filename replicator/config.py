@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?")
+_SIZE_UNITS = {
+    None: 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}  # fmt: skip
 
 
 def parse_duration(text: object) -> float:
@@ -44,6 +49,16 @@ def parse_duration(text: object) -> float:
     return total
 
 
+def parse_size(text: object) -> int:
+    """'512MB', '1GB', '2GiB' (or a number of bytes) -> bytes."""
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    m = _SIZE.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+    if m is None:
+        raise ConfigError(f"invalid size {text!r}; use e.g. 512MB, 1GB, 2GiB")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """How one database is replicated (docs/LIFECYCLE.md has the table)."""
@@ -58,6 +73,7 @@ class Settings:
     compression_level: int = segment.DEFAULT_LEVEL
     lock_timeout_ms: int = 100  # longest we wait for, or hold off, the app's writers
     verify_interval: float = 30.0  # while uploading, how often a replica is probed for the snapshot we build on
+    spool_limit: int = 10**9  # bytes all spools of the process hold together (spool.py rule 2; the largest given)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +130,7 @@ _SETTING_KEYS = {
     "shutdown-grace": "shutdown_grace",
     "compression-level": "compression_level",
     "verify-interval": "verify_interval",
+    "spool-limit": "spool_limit",
 }
 _DURATIONS = {
     "sync_interval",
@@ -142,7 +159,12 @@ def make_settings(values: dict[str, Any], base: Settings | None = None) -> Setti
             raise ConfigError(f"unknown setting {raw!r}")
         if value is None:
             continue
-        changes[name] = parse_duration(value) if name in _DURATIONS else _whole_number(name, value)
+        if name in _DURATIONS:
+            changes[name] = parse_duration(value)
+        elif name == "spool_limit":
+            changes[name] = parse_size(value)
+        else:
+            changes[name] = _whole_number(name, value)
     settings = Settings(**{**{f.name: getattr(base or Settings(), f.name) for f in fields(Settings)}, **changes})
     if min(settings.sync_interval, settings.retention, settings.snapshot_interval, settings.verify_interval) <= 0:
         raise ConfigError("sync-interval, snapshot-interval, retention and verify-interval must be positive")

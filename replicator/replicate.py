@@ -1,14 +1,20 @@
 """The shipper: follows one database's WAL and ships every committed transaction to its replicas.
 
+This module holds one database's life: opening it, proving local state at start-up (lineage.py), starting
+generations and taking snapshots, letting go of a deleted or replaced file, and the final proof. What to
+do when is tracker.py's (sans-IO); reading the WAL and carrying out the checkpoint steps, capture.py's;
+what is spooled for whom, spool.py's; moving it to the replicas, uploader.py's; many databases side by
+side, store.py's.
+
 Theory of operation (docs/LIFECYCLE.md tells the same story for users):
 
 * We hold a read transaction, the pin (sqlite.py). While it is held SQLite cannot restart the WAL past
   frames we have not read, with one exception: if the pin was taken when the WAL was wholly copied into the
   database file, SQLite hands us read lock 0, and the next write may restart the WAL once (no second time:
   lock 0 blocks every later checkpoint).
-* So we move the pin only in `_repin`, under SQLite's write lock: nobody can commit, we capture everything
-  up to the WAL's end, release and retake the pin. If the WAL was then wholly copied, we are "armed": the
-  one restart that may follow continues our chain exactly where we stopped.
+* So we move the pin only in `Capture.repin` (capture.py), under SQLite's write lock: nobody can commit,
+  we capture everything up to the WAL's end, release and retake the pin. If the WAL was then wholly
+  copied, we are "armed": the one restart that may follow continues our chain exactly where we stopped.
 * Every poll (tens of ms) reads SQLite's own wal-index header (-shm): its salts and committed frame count
   say at once whether anything was committed and whether the WAL was restarted. A restart while armed is
   continuity; any other change of WAL life we cannot prove, and a new generation starts.
@@ -38,21 +44,22 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import apsw
 
 from . import keys, ownership, wal
-from .batch import BatchPlan, PageReader, encode_batch, plan_batch, split_batches
+from .capture import Capture, FileGone, now_us
 from .config import Settings
 from .errors import ReplicatorError, StorageError, TransientStorageError
 from .history import format_time
-from .keys import ObjectKey, SegmentKey, SnapshotKey
+from .keys import ObjectKey, SnapshotKey
 from .lineage import LocalFacts, NewGeneration, Reason, beyond, local_state_problem, prove_chain
 from .segment import Writable
-from .snapshot import build_overlay, overlay_of, write_snapshot
+from .snapshot import build_overlay, write_snapshot
+from .spool import Outbox, SpoolBudget
 from .sqlite import (
     Database,
     DatabaseBusy,
@@ -64,15 +71,14 @@ from .sqlite import (
     exclusive_mode_holder,
     remove_stale_wal,
 )
-from .state import ShipperState, StateDir, WalPosition, digest
+from .state import ShipperState, StateDir, digest
 from .storage import ReplicaClient
-from .tracker import Action, Collect, Discontinuity, Tracker, Truncation
-from .uploader import Outbox, Uploader, inventory
+from .tracker import Action, Discontinuity, Tracker
+from .uploader import Uploader, inventory
 from .walfile import WalFile
 
 log = logging.getLogger(__name__)
 
-WAL_KEEP_BYTES = 4 << 20  # a quiet app's -wal file larger than this (after a burst) is cut to zero bytes
 EXCLUSIVE_UNCERTAIN_AFTER = 15.0  # an EXCLUSIVE lock with no journal written lasting this long is the pragma
 DELETED = "deleted"  # _gone_reason's word for a database file that is gone from its path
 WAITING_POLL = 1.0  # while the database (or its directory) does not exist: a file event usually comes first
@@ -90,21 +96,6 @@ class WorkerCrashed(ReplicatorError):
     """An upload step died of an unexpected exception (logged with its traceback where it happened)."""
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-@dataclass(frozen=True, slots=True)
-class _Start:
-    """What a new generation starts from: computed under the write lock, committed with its snapshot."""
-
-    life: wal.WalHeader | None
-    cursor: WalPosition | None
-    db_size: int
-    armed: bool
-    overlay: dict[int, int]  # the snapshot's WAL pages, from the same scan (snapshot.overlay_of)
-
-
 class Replicator:
     """Replicates one database to one or more replicas, one `step` at a time (store.py drives the steps).
 
@@ -119,6 +110,7 @@ class Replicator:
         settings: Settings | None = None,
         *,
         takeover: bool = False,
+        budget: SpoolBudget | None = None,
     ) -> None:
         # SQLite follows symlinks and keeps the WAL beside the target: so must everything we derive.
         self.db_path = Path(db_path).resolve()
@@ -126,13 +118,20 @@ class Replicator:
         self.settings = settings or Settings()
         self.takeover = takeover
         self.state_dir = StateDir(self.db_path)
-        self.outbox = Outbox(self.state_dir.spool)
+        self.outbox = Outbox(self.state_dir.spool, budget, database=str(self.db_path))
         self.uploaders: list[Uploader] = []
         self.db: Database | None = None
         self.wal_file = WalFile(Path(f"{self.db_path}-wal"))  # opened lazily, once per open database
         self.state: ShipperState | None = None
         self.tracker = Tracker(self.settings)
-        self.pending: list[wal.Transaction] = []  # collected, not yet in the spool
+        self.capture = Capture(
+            self.wal_file,
+            self.tracker,
+            self.settings,
+            state=lambda: self.state,
+            commit=self._commit,
+            gone=self._gone_reason,
+        )
         self.halted = False  # set by `step` once stopping is due: `finish` comes next
         self.fingerprint: tuple[tuple[int, int, int] | None, ...] = ()  # files_fingerprint() as a step began
         self.on_uploaders: Callable[[], None] = lambda: None  # the store schedules them (store.py)
@@ -201,7 +200,7 @@ class Replicator:
                 return wake
         try:
             wake = self._follow(now)
-        except _FileGone as gone:
+        except FileGone as gone:
             if str(gone) == DELETED:
                 self._salvage()
             self._let_go(str(gone))
@@ -229,6 +228,7 @@ class Replicator:
             self._release()
 
     def _release(self) -> None:
+        self.outbox.close()
         self._close()
         if self._locked:
             self.state_dir.unlock()
@@ -355,8 +355,8 @@ class Replicator:
             how = "" if state.wal is not None else " (the restored file; no new snapshot needed)"
             log.info("continuing generation %016x at txid %d%s", state.generation, state.txid, how)
             try:
-                self._capture()
-                self._repin()
+                self.capture.capture(self.db)
+                self.capture.repin(self.db)
             except Discontinuity as exc:
                 self._begin_generation(exc.cause)
             except SpoolWriteFailed as exc:
@@ -430,7 +430,7 @@ class Replicator:
             if unrecorded or self.outbox.key_at(keys.chain_order(key)) not in (None, key):
                 self.state_dir.spool.delete([info.key])
             else:
-                self.outbox.add(key)
+                self.outbox.add(key, info.size)
 
     # -- following ------------------------------------------------------------------------------------
 
@@ -441,7 +441,7 @@ class Replicator:
         try:
             gone = self._gone_reason()
             if gone is not None:
-                raise _FileGone(gone)
+                raise FileGone(gone)
             self._act(now)
             self._spool_recovered()
         except Discontinuity as exc:
@@ -469,7 +469,7 @@ class Replicator:
             return now
         if self.state is not None and self.state.txid > 0:
             due_us = self.state.last_snapshot_us + self.settings.snapshot_interval * 1e6
-            snapshot_at = now + max(0.0, (due_us - _now_us()) / 1e6)
+            snapshot_at = now + max(0.0, (due_us - now_us()) / 1e6)
             wake = snapshot_at if wake is None else min(wake, snapshot_at)
         return wake
 
@@ -512,30 +512,25 @@ class Replicator:
 
     def _act(self, now: float) -> None:
         """Carry out the tracker's action for this poll, then a snapshot that is due or was asked for."""
-        assert self.db is not None
+        db = self.db
+        assert db is not None
         tracker = self.tracker
-        index = self.db.read_index()
+        index = db.read_index()
         action = tracker.decide(index, now, unflushed=self._unflushed())
         if action is Action.RETRY_GENERATION:
             assert tracker.generation_wanted is not None
             self._begin_generation(tracker.generation_wanted)
             return
         if action is Action.FINISH_CHECKPOINT:
-            self._repin(checkpoint=True)
-            quiet = tracker.checkpoint_finished()
-            log.log(
-                logging.DEBUG if quiet else logging.INFO,
-                "checkpoint: WAL copied into the database%s",
-                "; it restarts at the next write" if tracker.armed else " up to the app's oldest reader",
-            )
+            self.capture.finish_checkpoint(db)
         elif action is Action.CHECKPOINT or action is Action.IDLE_CHECKPOINT:
-            self._checkpoint(now, quiet=action is Action.IDLE_CHECKPOINT)
+            self.capture.checkpoint(db, now, quiet=action is Action.IDLE_CHECKPOINT)
         elif action is Action.CAPTURE:
-            self._capture(index)
+            self.capture.capture(db, index)
         elif action is Action.FLUSH:
-            self._flush()  # the spool has room again: ship what waited, without waiting for a commit
+            self.capture.flush(db)  # the spool has room again: ship what waited, without waiting for a commit
         elif action is Action.TRUNCATE_WAL:
-            self._truncate_wal(now)
+            self.capture.truncate_wal(db, now)
         if self.outbox.take_snapshot_request():
             log.info("a replica needs a new base: taking a snapshot for it")
             try:
@@ -548,9 +543,7 @@ class Replicator:
 
     def _unflushed(self) -> bool:
         """Captured transactions wait for the spool (never after letting go of a file: its pages went with it)."""
-        if self.db is None:
-            return False
-        return bool(self.pending) or (self.state is not None and self.tracker.cursor != self.state.wal)
+        return self.db is not None and self.capture.unflushed()
 
     # -- the local spool: written whole or not at all, retried while the disk is full ----------------------
 
@@ -574,7 +567,7 @@ class Replicator:
             raise SpoolWriteFailed(f"cannot save {self.state_dir.path / 'state.json'}: {_why(exc)}") from None
         self.state = state
         if key is not None:
-            self.outbox.add(key)
+            self.outbox.add(key, self.state_dir.spool.path(key.key).stat().st_size)
         self.outbox.set_head(state.generation, state.txid)
 
     def _spool_failed(self, exc: SpoolWriteFailed) -> None:
@@ -583,7 +576,7 @@ class Replicator:
                 "%s; holding %d captured transactions in memory (their pages stay in the pinned WAL) and "
                 "retrying until there is room",
                 exc,
-                len(self.pending),
+                len(self.capture.pending),
             )
         self._spool_trouble = str(exc)
         self.tracker.spool_failed(time.monotonic())
@@ -595,147 +588,7 @@ class Replicator:
         self._spool_trouble = None
         self.tracker.spool_failing = False
 
-    # -- capture: collect (scan and verify) then flush (encode into the spool) ---------------------------
-
-    def _capture(self, index: wal.WalIndexHeader | None = None) -> None:
-        self._collect(index)
-        self._flush()
-
-    def _collect(self, index: wal.WalIndexHeader | None = None) -> None:
-        """Take in every transaction SQLite's index says is committed beyond our cursor (cheap: a scan)."""
-        assert self.db is not None
-        tracker = self.tracker
-        if index is None:
-            index = self.db.read_index()
-        new_life = index is not None and (tracker.cursor is None or index.salt != tracker.cursor.salt)
-        header = self.wal_file.header() if new_life else None
-        plan = tracker.plan_collect(index, header)
-        if plan is Collect.NOTHING or plan is Collect.LATER:
-            return
-        if plan is Collect.NEW_LIFE:
-            if (gone := self._gone_reason()) is not None:
-                raise _FileGone(gone)  # the new WAL life is another file's (the app replaced the database)
-            self._flush()  # what we hold belongs to the old life
-            assert header is not None
-            tracker.enter_life(header)
-        cursor, life = tracker.cursor, tracker.life
-        assert index is not None and cursor is not None and life is not None
-        scanner = wal.FrameScanner(life, cursor.frames, cursor.checksum)
-        transactions = list(self.wal_file.scan(scanner, index.max_frame))
-        if (gone := self._gone_reason()) is not None:
-            raise _FileGone(gone)  # frames read after the file went could be another file's: keep none
-        end = transactions[-1].checksum if transactions else cursor.checksum
-        if tracker.scanned(index, scanner.committed_frames, end):
-            self.pending += transactions
-
-    def _flush(self) -> None:
-        """Encode what was collected into the spool: one segment (unless huge), each with its state."""
-        assert self.state is not None
-        cursor = self.tracker.cursor
-        if not self.pending:
-            if cursor is not None and cursor != self.state.wal:
-                self._commit(None, None, replace(self.state, wal=cursor))
-            return
-        life = self.tracker.life
-        assert life is not None
-        for batch in list(split_batches(self.pending, life.frame_size)):
-            plan = plan_batch(batch)
-            first = self.state.txid + 1
-            key = SegmentKey(self.state.generation, first, first + plan.transactions - 1, _now_us())
-            last = batch[-1]
-            position = WalPosition(life.salt, life.checkpoint_seq, last.end_frame, last.checksum)
-            state = replace(self.state, txid=key.last_txid, db_size=plan.db_size, wal=position)
-            self._commit(key, self._segment_writer(life, plan, key), state)
-            self.pending = self.pending[len(batch) :]
-
-    def _segment_writer(self, life: wal.WalHeader, plan: BatchPlan, key: SegmentKey) -> Callable[[Writable], object]:
-        def write(out: Writable) -> object:
-            return encode_batch(
-                out,
-                self._page_reader(life),
-                life.page_size,
-                plan,
-                generation=key.generation,
-                first_txid=key.first_txid,
-                time_us=key.last_time_us,
-                level=self.settings.compression_level,
-            )
-
-        return write
-
-    def _page_reader(self, life: wal.WalHeader) -> PageReader:
-        """Pages from WAL frames of `life`, verified; from the database file if that life was restarted since.
-
-        A restart requires the whole life copied into the file first, and our pin (read lock 0 when armed)
-        keeps anything newer out of it, so the file then holds exactly the versions the frames held. We read
-        the WAL file we opened (walfile.py): another file at the path is never taken for a restart.
-        """
-
-        def read(pairs: Sequence[tuple[int, int]]) -> list[bytes]:
-            if not pairs:
-                return []
-            assert self.db is not None
-            found = self.wal_file.read_verified(life, [frame for _, frame in pairs])
-            size = life.page_size
-            pages = []
-            restarted: bool | None = None
-            for pgno, frame in pairs:
-                page = found[frame]
-                if page is None:
-                    if restarted is None:
-                        current = self.wal_file.header()
-                        restarted = current is None or current.salt != life.salt
-                    if not restarted:
-                        detail = f"WAL frame {frame} no longer verifies although the WAL did not restart"
-                        raise Discontinuity(NewGeneration(Reason.FRAME_CHANGED, detail))
-                    page = self.db.read_file((pgno - 1) * size, size).ljust(size, b"\0")
-                pages.append(page)
-            return pages
-
-        return read
-
-    # -- pin, checkpoint, generations, snapshots -------------------------------------------------------
-
-    def _repin(self, *, checkpoint: bool = False) -> None:
-        """Under the write lock: collect to the end, move the pin there (checkpointing first if asked)."""
-        assert self.db is not None
-        with self.db.write_lock():
-            self._collect()
-            self.db.unpin()
-            if checkpoint:
-                self.db.checkpoint()
-            self.db.pin()
-            self.tracker.repinned(self.db.read_index())
-        self._flush()
-
-    def _truncate_wal(self, now: float) -> None:
-        """After a burst, give the -wal file's space back (sqlite.py's truncate_wal): the WAL is wholly in the
-        database and we hold read lock 0, so the app's next commit starts a life that continues our chain."""
-        assert self.db is not None and self.state is not None
-        size = self.db.wal_size()
-        if size <= WAL_KEEP_BYTES:
-            self.tracker.truncated(Truncation.NOT_NEEDED, now)
-            return
-        if not self.db.truncate_wal():
-            self.tracker.truncated(Truncation.BUSY, now)  # an app reader is still on the WAL
-            return
-        self.tracker.truncated(Truncation.DONE, now)
-        log.info("the app is quiet: cut %s-wal from %.1f MB to 0 (its size after a burst)", self.db_path, size / 1e6)
-        self._commit(None, None, replace(self.state, wal=None, restored_digest=None))
-
-    def _checkpoint(self, now: float, *, quiet: bool) -> None:
-        """Keep the WAL bounded in three short steps, never waiting on the app's readers (no RESTART).
-
-        1 (now, under the write lock): collect to the end and pin there. 2 (now, no lock of ours): PASSIVE
-        checkpoint, copying everything up to the pin. 3 (a poll later, under the write lock): collect what came
-        meanwhile, checkpoint that little, re-pin: armed if the whole WAL is in the database. Each step
-        ships within its poll's one segment.
-        """
-        assert self.db is not None
-        self._collect()  # the bulk, before taking the lock
-        self._repin()
-        self.db.checkpoint()
-        self.tracker.checkpoint_started(now, quiet=quiet)
+    # -- generations and snapshots ----------------------------------------------------------------------
 
     def _begin_generation(self, cause: NewGeneration, previous: ShipperState | None = None) -> None:
         """Start a new generation; if its snapshot cannot be written yet, retry it from the loop."""
@@ -756,8 +609,8 @@ class Replicator:
             generation = max(generation, previous.generation + 1)
         identity = FileIdentity.of(self.db_path)
         with self.db.write_lock():
-            start = self._starting_point()
-        now = _now_us()
+            start = self.capture.starting_point(self.db)
+        now = now_us()
         state = ShipperState(
             generation=generation,
             txid=0,
@@ -772,50 +625,20 @@ class Replicator:
             log.info("starting generation %016x: %s", generation, cause)
         self._write_snapshot(state, start.life, now, start.overlay)  # one scan of the WAL, not two
         self.tracker.follow(start.life, start.cursor, armed=start.armed)
-        self.pending = []
-
-    def _starting_point(self) -> _Start:
-        """Under the write lock: the WAL's committed end, and the pin moved there."""
-        assert self.db is not None
-        life = self.wal_file.header()
-        index = self.db.read_index()
-        cursor: WalPosition | None = None
-        overlay: dict[int, int] = {}
-        db_size = self._file_db_size()
-        if life is not None and index is not None and index.salt == life.salt:
-            scanner = wal.FrameScanner(life)
-            transactions = list(self.wal_file.scan(scanner, index.max_frame))
-            checksum = transactions[-1].checksum if transactions else life.checksum
-            cursor = WalPosition(life.salt, life.checkpoint_seq, scanner.committed_frames, checksum)
-            if transactions:
-                db_size = transactions[-1].db_size
-            overlay = overlay_of(transactions)
-        self.db.unpin()
-        self.db.pin()
-        after = self.db.read_index()
-        armed = after is not None and after.backfilled == after.max_frame == (cursor.frames if cursor else 0)
-        return _Start(life, cursor, db_size, armed, overlay)
-
-    def _file_db_size(self) -> int:
-        """Pages in the database file itself (the state when the WAL holds nothing)."""
-        assert self.db is not None
-        head = self.db.read_file(0, 100)
-        in_header = int.from_bytes(head[28:32], "big")
-        if in_header and head[24:28] == head[92:96]:
-            return in_header
-        return self.db.file_size() // self.db.page_size()
+        self.capture.pending = []
 
     def _maybe_snapshot(self) -> None:
         assert self.state is not None
-        due = _now_us() - self.state.last_snapshot_us >= self.settings.snapshot_interval * 1e6
+        due = now_us() - self.state.last_snapshot_us >= self.settings.snapshot_interval * 1e6
         if due and self.state.txid > 0:
             self._snapshot()
 
     def _snapshot(self) -> None:
         """A snapshot at our flushed position, unless one of that very position is spooled already."""
-        self._flush()
+        assert self.db is not None
+        self.capture.flush(self.db)
         assert self.state is not None
-        now = _now_us()
+        now = now_us()
         if self.outbox.has(SnapshotKey(self.state.generation, self.state.txid, now)):
             return
         self._write_snapshot(replace(self.state, last_snapshot_us=now), self.tracker.life, now)
@@ -833,7 +656,7 @@ class Replicator:
             position = state.wal
             in_life = position is not None and life is not None and position.salt == life.salt
             overlay = build_overlay(self.wal_file, life, position.frames if position and in_life else 0)
-        read_pages = self._page_reader(life) if life is not None else (lambda pairs: [])
+        read_pages = self.capture.page_reader(db, life) if life is not None else (lambda pairs: [])
 
         def write(out: Writable) -> None:
             write_snapshot(
@@ -864,9 +687,10 @@ class Replicator:
         """The app deleted its database: what it committed last is still in the files we hold open (an
         unlinked file stays readable through its descriptors, and ours were all opened while it was the
         app's), so it is captured before we let go: a deleted tenant's replica ends where the tenant did."""
+        assert self.db is not None
         self._salvaging = True
         try:
-            self._capture()
+            self.capture.capture(self.db)
         except (Discontinuity, SpoolWriteFailed, DatabaseBusy, apsw.Error, OSError) as exc:
             log.warning("%s was deleted; its last transactions could not be captured: %s", self.db_path, exc)
         finally:
@@ -879,7 +703,7 @@ class Replicator:
         log.warning("%s was %s: letting go of it; replication resumes with a new generation", self.db_path, why)
         self._close()
         self.tracker.lose()
-        self.pending = []
+        self.capture.pending = []
         stale = remove_stale_wal(self.db_path, salt)
         if stale is StaleWal.IN_USE and not armed:
             log.error(
@@ -905,7 +729,7 @@ class Replicator:
             self._attach(time.monotonic())
             if self.db is None:
                 time.sleep(min(self._open_delay, max(0.0, deadline - time.monotonic())))
-        self._captured_us = _now_us()
+        self._captured_us = now_us()
         if self.db is not None:
             self._final_capture(deadline)
             self.wal_file.forget()
@@ -947,7 +771,8 @@ class Replicator:
                 if wanted is not None:
                     self._begin_generation(wanted)
                 if self.tracker.generation_wanted is None:
-                    self._capture()
+                    assert self.db is not None
+                    self.capture.capture(self.db)
                     return
             except Discontinuity as exc:
                 self._begin_generation(exc.cause)
@@ -1006,10 +831,6 @@ class Replicator:
                 ownership.seal(client, str(self.db_path), head)
             except ReplicatorError as exc:
                 log.warning("%s: could not record the clean stop (%s); a restored copy starts afresh", client.url, exc)
-
-
-class _FileGone(Exception):
-    """The file we follow is no longer the app's database: the message says how."""
 
 
 def _why(exc: BaseException) -> str:

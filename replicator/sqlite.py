@@ -10,8 +10,9 @@ Rules:
    drops every lock a process holds on a file when any descriptor of that file is closed, which would
    silently release SQLite's locks, the pin included. Database opens each once and reads through it.
 4. Our connections never checkpoint on close (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE) and never auto-checkpoint:
-   checkpoints happen only where replicate.py decides, as PASSIVE ones, which never wait on the app, and
-   one TRUNCATE when an idle app's WAL is wholly copied but large (it waits at most the lock timeout).
+   checkpoints happen only where tracker.py decides (capture.py carries them out), as PASSIVE ones, which
+   never wait on the app, and one TRUNCATE when an idle app's WAL is wholly copied but large (it waits at
+   most the lock timeout).
 """
 
 from __future__ import annotations

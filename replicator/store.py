@@ -3,6 +3,8 @@
 Rules:
 1. A database (replicate.Replicator) is stepped by one pool thread at a time; each step says when the
    database is next due, or that only a file event can give it work. Nothing else wakes an idle database.
+   Snapshots are taken within steps, so at most `workers` (2) are taken at once however many databases
+   start a generation together; their spools share one limit (spool.py).
 2. A commit's file event (watch.py) makes a database due as soon as a capture is allowed: at once after a
    quiet spell, else when its sync interval ends (a busy database is stepped once per interval, however
    many commits it makes). An event's step is followed by one more a poll later: SQLite writes the WAL

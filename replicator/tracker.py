@@ -2,8 +2,9 @@
 
 Rules:
 1. Everything that decides how we follow the WAL lives here; nothing here reads a file, takes a lock or
-   looks at a clock. The edge (replicate.py) passes in what it observed (SQLite's wal-index header, the WAL
-   header, what a scan found) and `now`, carries out the action returned, and reports back.
+   looks at a clock. The edge (capture.py, driven by replicate.py) passes in what it observed (SQLite's
+   wal-index header, the WAL header, what a scan found) and `now`, carries out the action returned, and
+   reports back.
 2. The position: `cursor` is how far we have collected in WAL life `life`. `armed` says a WAL restart now
    continues our chain: the pin holds read lock 0 and everything committed was collected (replicate.py's
    docstring says why exactly one such restart is ours).

@@ -29,7 +29,6 @@ Rules:
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import logging
 import threading
@@ -41,11 +40,10 @@ from .errors import StorageError
 from .keys import ObjectKey, SnapshotKey, chain_order
 from .lineage import NOTHING, ChainProof, Position, base_snapshot, continues, probe, prove_chain
 from .retention import next_change, plan_retention
+from .spool import Head, Outbox
 from .storage import ReplicaClient
-from .storage.file import FileClient
 
 log = logging.getLogger(__name__)
-Head = tuple[int, int]  # (generation, txid): how far the capture loop has spooled
 PROBE_LIMIT = 1000  # keys in one probe LIST: one request on S3
 
 
@@ -57,92 +55,6 @@ def inventory(client: ReplicaClient) -> set[ObjectKey]:
             "%s holds %d objects that are not ours (e.g. %s); ignoring them", client.url, len(foreign), foreign[0]
         )
     return set(ours)
-
-
-class Outbox:
-    """What the capture loop has spooled, how far each replica has taken it, and what replicas ask of it."""
-
-    def __init__(self, spool: FileClient) -> None:
-        self.spool = spool
-        self._lock = threading.Lock()
-        self._orders: list[Position] = []  # sorted: the chain order of each spooled object
-        self._keys: dict[Position, ObjectKey] = {}
-        self.uploaders: list[Uploader] = []
-        self._head: Head | None = None
-        self._snapshot_wanted = False
-        self.on_request: Callable[[], None] = lambda: None  # wakes the capture side (store.py) for a request
-        self.on_news: Callable[[], None] = lambda: None  # wakes the uploaders (store.py): something to send
-
-    def notify(self) -> None:
-        self.on_news()
-
-    @property
-    def head(self) -> Head | None:
-        with self._lock:
-            return self._head
-
-    def set_head(self, generation: int, txid: int) -> None:
-        with self._lock:
-            self._head = (generation, txid)
-        self.on_news()
-
-    def request_snapshot(self) -> None:
-        """Asked by an uploader whose replica needs a new base: the capture loop takes one soon."""
-        with self._lock:
-            self._snapshot_wanted = True
-        self.on_request()
-
-    def snapshot_requested(self) -> bool:
-        with self._lock:
-            return self._snapshot_wanted
-
-    def take_snapshot_request(self) -> bool:
-        with self._lock:
-            wanted, self._snapshot_wanted = self._snapshot_wanted, False
-            return wanted
-
-    def has(self, key: ObjectKey) -> bool:
-        """Whether an object of this key's position (its chain order) is spooled."""
-        return self.key_at(chain_order(key)) is not None
-
-    def key_at(self, order: Position) -> ObjectKey | None:
-        with self._lock:
-            return self._keys.get(order)
-
-    def add(self, key: ObjectKey) -> None:
-        order = chain_order(key)
-        with self._lock:
-            if order not in self._keys:
-                bisect.insort(self._orders, order)
-            self._keys[order] = key
-        self.on_news()
-
-    def next_after(self, position: Position) -> ObjectKey | None:
-        with self._lock:
-            i = bisect.bisect_right(self._orders, position)
-            return self._keys[self._orders[i]] if i < len(self._orders) else None
-
-    def next_snapshot_after(self, position: Position) -> SnapshotKey | None:
-        with self._lock:
-            start = bisect.bisect_right(self._orders, position)
-            found = (self._keys[o] for o in self._orders[start:] if o[2] == 1)
-            return next((k for k in found if isinstance(k, SnapshotKey)), None)
-
-    def backlog(self, position: Position) -> int:
-        with self._lock:
-            return len(self._orders) - bisect.bisect_right(self._orders, position)
-
-    def collect(self) -> None:
-        """Delete spooled objects every replica still served has."""
-        with self._lock:
-            served = [u.position for u in self.uploaders if not u.refused]
-            if not served:
-                return
-            cut = bisect.bisect_right(self._orders, min(served))
-            done = [self._keys.pop(order) for order in self._orders[:cut]]
-            del self._orders[:cut]
-        if done:
-            self.spool.delete(k.key for k in done)
 
 
 _WAIT = object()  # "nothing to send until the capture loop spools a snapshot"
@@ -303,8 +215,13 @@ class Uploader:
     def _send(self, key: ObjectKey) -> None:
         if isinstance(key, SnapshotKey) and key.generation != self.position[0]:
             ownership.claim(self.client, self.database)  # a generation starts here: is it still ours?
-        with open(self.outbox.spool.path(key.key), "rb") as f:
-            self.client.put(key.key, f)
+        try:
+            with open(self.outbox.spool.path(key.key), "rb") as f:
+                self.client.put(key.key, f)
+        except FileNotFoundError:
+            if self.outbox.has(key):
+                raise
+            return  # dropped from a full spool while we were down (spool.py's rule 2): `_next` sees the gap
         self.position = chain_order(key)
         self._asked = False
         assert self.held is not None

@@ -13,6 +13,7 @@ from replicator.config import (
     load_config,
     make_settings,
     parse_duration,
+    parse_size,
     read_config,
     resolve,
 )
@@ -62,6 +63,35 @@ def test_bare_number_is_taken_as_seconds(number: float, seconds: float) -> None:
 def test_malformed_duration_is_rejected(text: str) -> None:
     with pytest.raises(ConfigError, match="invalid duration"):
         parse_duration(text)
+
+
+# -- parse_size -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("500kB", 500_000),
+        ("1GB", 10**9),
+        ("512 MB", 512 * 10**6),
+        ("2GiB", 2 << 30),
+        ("1.5MiB", 3 << 19),
+        ("4096", 4096),
+        (4096, 4096),
+    ],
+)
+def test_size_text_is_converted_to_bytes(text: str | int, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MB", "1 XB", "-1MB", "ten", 1.5, True])
+def test_malformed_size_is_rejected(text: object) -> None:
+    with pytest.raises(ConfigError, match="invalid size"):
+        parse_size(text)
+
+
+def test_the_spool_limit_is_a_size_from_flags_files_or_the_environment() -> None:
+    assert make_settings({"spool-limit": "500MB"}).spool_limit == 500 * 10**6
 
 
 # -- make_settings --------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 import boto3
 import pytest
 from conftest import Replica, S3Server, fill, s3_replica, tmpfs
+from faulty_proxy import FaultyProxy
 from harness import Replicator, Writer, generations, restored_rows, rows, snapshots, started
 
 from replicator.config import Settings
@@ -130,6 +131,30 @@ def test_a_segment_whose_state_could_not_be_saved_is_written_again_not_skipped(
     thread.join(60)
     assert len(calls) > 4 and "cannot save" in caplog.text
     assert restored_rows(file_replica.client, tmp_path) == rows(app_db)
+
+
+def test_a_replica_down_for_long_costs_at_most_the_spool_limit_and_gets_a_fresh_snapshot_when_back(
+    app_db: Path, moto_replica: Replica, moto_server: S3Server, tmp_path: Path
+) -> None:
+    spool = app_db.parent / f".{app_db.name}-replicator" / "spool"
+    limit = 500_000
+    with FaultyProxy(moto_server.endpoint or "", failure_rate=0.0) as proxy:
+        down = Replica(
+            "down",
+            moto_replica.url.replace(moto_server.endpoint or "", proxy.endpoint),
+            moto_replica.env,
+            moto_replica.client,
+        )
+        repl = replicate(app_db, down, "--spool-limit", "500kB").start()
+        writer_for(app_db).start(count=100, rate=200).wait()
+        proxy.failure_rate = 1.0
+        writer_for(app_db).start(count=3000, rate=300, start=101, payload=2000).wait()  # 6 MB of random rows
+        held = sum(f.stat().st_size for f in spool.rglob("*") if f.is_file())
+        proxy.failure_rate = 0.0
+        assert repl.stop() == 0, repl.output
+    assert held <= limit + 200_000, repl.output  # the limit, and at most the segment that crossed it
+    assert "dropped" in repl.output and "fresh snapshot when it is back" in repl.output
+    assert restored_rows(moto_replica.client, tmp_path) == rows(app_db)
 
 
 # -- 2. the replica loses everything while we run ----------------------------------------------------------
