@@ -18,18 +18,25 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from .keys import ObjectKey, SnapshotKey, chain_order
 from .lineage import Position
+from .storage.base import ReplicaClient
 from .storage.file import FileClient
-
-if TYPE_CHECKING:
-    from .uploader import Uploader
 
 log = logging.getLogger(__name__)
 Head = tuple[int, int]  # (generation, txid): how far the capture loop has spooled
+
+
+class Taker(Protocol):
+    """What the outbox reads of each replica's uploader (uploader.py)."""
+
+    client: ReplicaClient
+    position: Position  # how far along the chain the replica has taken the spool
+    refused: str | None  # no longer served
+    failing_since: float | None  # unreachable since then
 
 
 class SpoolBudget:
@@ -98,7 +105,7 @@ class Outbox:
         self._orders: list[Position] = []  # sorted: the chain order of each spooled object
         self._keys: dict[Position, ObjectKey] = {}
         self._sizes: dict[Position, int] = {}
-        self.uploaders: list[Uploader] = []
+        self.uploaders: Sequence[Taker] = []
         self._head: Head | None = None
         self._snapshot_wanted = False
         self.on_request: Callable[[], None] = lambda: None  # wakes the capture side (store.py) for a request

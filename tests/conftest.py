@@ -188,6 +188,10 @@ class Replica:
     env: dict[str, str]
     client: ReplicaClient
 
+    def through(self, server: S3Server, endpoint: str, name: str) -> Replica:
+        """The same replica reached through another endpoint (a faulty proxy in front of `server`)."""
+        return Replica(name, self.url.replace(server.endpoint or "", endpoint), self.env, self.client)
+
 
 def s3_replica(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Replica]:
     point_boto3_at(server, monkeypatch)

@@ -176,12 +176,7 @@ def test_a_replica_failing_one_request_in_five_loses_nothing(
     app_db: Path, moto_replica: Replica, moto_server: S3Server, tmp_path: Path
 ) -> None:
     with FaultyProxy(moto_server.endpoint or "", failure_rate=0.2) as proxy:
-        flaky = Replica(
-            "flaky",
-            moto_replica.url.replace(moto_server.endpoint or "", proxy.endpoint),
-            moto_replica.env,
-            moto_replica.client,
-        )
+        flaky = moto_replica.through(moto_server, proxy.endpoint, "flaky")
         repl = replicator_for(app_db, flaky).start()
         writer_for(app_db).start(count=800, rate=200).wait()
         assert repl.stop() == 0, repl.output

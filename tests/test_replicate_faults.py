@@ -139,12 +139,7 @@ def test_a_replica_down_for_long_costs_at_most_the_spool_limit_and_gets_a_fresh_
     spool = app_db.parent / f".{app_db.name}-replicator" / "spool"
     limit = 500_000
     with FaultyProxy(moto_server.endpoint or "", failure_rate=0.0) as proxy:
-        down = Replica(
-            "down",
-            moto_replica.url.replace(moto_server.endpoint or "", proxy.endpoint),
-            moto_replica.env,
-            moto_replica.client,
-        )
+        down = moto_replica.through(moto_server, proxy.endpoint, "down")
         repl = replicate(app_db, down, "--spool-limit", "500kB").start()
         writer_for(app_db).start(count=100, rate=200).wait()
         proxy.failure_rate = 1.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import pytest
 
@@ -12,7 +11,6 @@ from replicator.keys import SegmentKey, SnapshotKey, chain_order
 from replicator.lineage import NOTHING, Position
 from replicator.spool import Outbox, SpoolBudget
 from replicator.storage.file import FileClient
-from replicator.uploader import Uploader
 
 GENERATION = 7
 SIZE = 1000
@@ -39,7 +37,7 @@ class FakeUploader:
 
 def outbox(tmp_path: Path, budget: SpoolBudget, name: str, *uploaders: FakeUploader) -> Outbox:
     box = Outbox(FileClient(tmp_path / name), budget, database=name)
-    box.uploaders = cast(list[Uploader], list(uploaders))
+    box.uploaders = uploaders
     return box
 
 
