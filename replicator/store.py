@@ -362,7 +362,8 @@ class Store:
             if self._directories and path == found.path and not path.exists() and self._in_directory(found.path):
                 found.removing = True  # deleted: finished cleanly, its replica kept
             if path in changes.moved:
-                found.urgent = found.running
+                if found.running:
+                    found.urgent = True
                 self._schedule(found, now)
                 news = True
             else:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SUFFIXES = ("-wal", "-shm", "-journal")
-_PATHS_KEPT = 4096  # file paths remembered (_path); forgotten all at once beyond that
+_PATHS_KEPT = 4096  # file paths remembered (_child, database_of): a busy app's events cost no path parsing
 
 
 @dataclass(slots=True)
@@ -37,6 +37,11 @@ class Changes:
     written: set[Path] = field(default_factory=set)  # IN_MODIFY: a commit, most often
     moved: set[Path] = field(default_factory=set)  # created, deleted, renamed, closed after writing
     overflow: bool = False
+
+
+@functools.lru_cache(maxsize=_PATHS_KEPT)
+def _child(directory: Path, name: str) -> Path:
+    return directory / name if name else directory
 
 
 @functools.lru_cache(maxsize=_PATHS_KEPT)
@@ -55,7 +60,6 @@ class Watcher:
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._dirs: dict[int, Path] = {}
         self._watched: set[Path] = set()
-        self._paths: dict[tuple[Path, str], Path] = {}
         try:
             from inotify_simple import INotify, flags
         except (ImportError, OSError):
@@ -137,18 +141,8 @@ class Watcher:
                     self._watched.discard(directory)  # deleted or unmounted: re-watched when it is back
                     changes.overflow = True
             elif (directory := self._dirs.get(event.wd)) is not None:
-                path = self._path(directory, event.name)
+                path = _child(directory, event.name)
                 (changes.written if event.mask == self._modify else changes.moved).add(path)
-
-    def _path(self, directory: Path, name: str) -> Path:
-        """The same Path object for the same file each time: a busy app's events cost no path parsing."""
-        key = (directory, name)
-        path = self._paths.get(key)
-        if path is None:
-            if len(self._paths) >= _PATHS_KEPT:
-                self._paths.clear()
-            path = self._paths[key] = directory / name if name else directory
-        return path
 
     def close(self) -> None:
         if self._inotify is not None:
