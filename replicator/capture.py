@@ -114,6 +114,23 @@ class Capture:
         if tracker.scanned(index, scanner.committed_frames, end):
             self.pending += transactions
 
+    def record_armed_restart(self, db: Database) -> None:
+        """Before the pin goes: the app's commit may have restarted the WAL since our last look (our read lock 0
+        lets exactly one restart through, and it continues our chain at frame 0 of the new life). Record that
+        position, without its frames, so that the next run continues there instead of taking the new life for a
+        restart made while nobody watched (a needless generation)."""
+        tracker = self.tracker
+        index = db.read_index()
+        if self.pending or not tracker.armed or index is None or self._gone() is not None:
+            return
+        if tracker.cursor is not None and index.salt == tracker.cursor.salt:
+            return  # no restart: the position we recorded holds
+        header = self.wal_file.header()
+        if tracker.plan_collect(index, header) is Collect.NEW_LIFE:
+            assert header is not None
+            tracker.enter_life(header)
+            self.flush(db)  # nothing pending: the position alone
+
     def _check_gone(self) -> None:
         if (gone := self._gone()) is not None:
             raise FileGone(gone)

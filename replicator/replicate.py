@@ -734,6 +734,11 @@ class Replicator:
             self._final_capture(deadline)
             self.wal_file.forget()
         self._drain(deadline)
+        if self.db is not None and self.state is not None:
+            try:
+                self.capture.record_armed_restart(self.db)
+            except SpoolWriteFailed:
+                pass  # the next run cannot prove the restart and starts a new generation: safe
         self._report()
 
     def _drain_quietly(self) -> None:

@@ -108,6 +108,13 @@ class Replicator:
     def output(self) -> str:
         return self.log.read_text() if self.log and self.log.exists() else ""
 
+    def wait_for(self, text: str, timeout: float = 30) -> None:
+        """Until its output says `text` (bounded)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.output}"
+            time.sleep(0.05)
+
     def wait(self, timeout: float = 60) -> int:
         assert self.proc is not None
         code = self.proc.wait(timeout)

@@ -6,6 +6,7 @@ Every test ends the same way: restore from the replica alone and compare with wh
 from __future__ import annotations
 
 import random
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -232,13 +233,38 @@ def test_a_new_replica_is_fed_from_the_spool_without_a_new_generation(
     writer = writer_for(app_db).start(count=100_000, rate=100)
     options = ("--sync-interval", "200ms", "--shutdown-timeout", "1s", "--min-checkpoint-pages", "200")
     repl = Replicator(app_db, [file_replica.url, dead], options, env).start()
-    time.sleep(1.5)
+    repl.wait_for("snapshot of generation")
+    time.sleep(1.0)
+    writer.stop()  # no commits between the runs: ones made then could restart the WAL unwatched
     assert repl.stop() != 0  # the dead replica is behind: everything stays spooled for it
     fresh = tmp_path / "fresh-replica"
     repl = Replicator(app_db, [file_replica.url, str(fresh)], options[:2]).start()
-    time.sleep(1.5)
-    writer.stop()
+    writer_for(app_db).start(count=150, rate=100, start=len(rows(app_db)) + 1).wait()
     assert repl.stop() == 0, repl.output
     assert "continuing generation" in repl.output, repl.output
     assert len(generations(FileClient(fresh))) == 1
     assert restored_rows(FileClient(fresh), tmp_path) == rows(app_db)
+
+
+def test_a_wal_restart_while_stopping_armed_continues_the_generation(
+    app_db: Path, file_replica: Replica, tmp_path: Path
+) -> None:
+    """Stopped with the WAL wholly copied, the app's next commit restarts the WAL while we still drain (our pin
+    allows that one restart): the next run continues the generation rather than calling it a restart offline."""
+    dead = "s3://bucket/prefix?endpoint=http://127.0.0.1:9"
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
+    writer_for(app_db).start(count=20, rate=500).wait()
+    options = ("--sync-interval", "200ms", "--shutdown-timeout", "3s")
+    repl = Replicator(app_db, [file_replica.url, dead], options, env).start()
+    repl.wait_for("snapshot of generation")  # the app closed the database: its WAL is empty
+    assert repl.proc is not None
+    repl.proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)  # the final capture is done; the dead replica holds the drain for 3 s
+    with sqlite3.connect(app_db) as con:
+        con.execute("INSERT INTO t (id, note) VALUES (100000, 'after the final capture')")
+    con.close()
+    assert repl.wait() != 0
+    repl = Replicator(app_db, [file_replica.url], options[:2]).start()
+    assert repl.stop() == 0, repl.output
+    assert "continuing generation" in repl.output, repl.output
+    assert restored_rows(file_replica.client, tmp_path) == rows(app_db)

@@ -25,6 +25,7 @@ from faulty_proxy import FaultyProxy
 from harness import Replicator, Writer, generations, restored_rows, rows, snapshots, started
 
 from replicator.config import Settings
+from replicator.errors import ReplicatorError
 from replicator.replicate import Replicator as Engine
 from replicator.state import ShipperState, StateDir
 from replicator.storage import FileClient
@@ -51,13 +52,18 @@ def app(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProce
 
 
 def eventually(check: object, timeout: float = 10.0) -> None:
-    """Poll `check()` until it holds (bounded)."""
+    """Poll `check()` until it holds (bounded).
+
+    A check that restores from a replica being reseeded may meet segments with no snapshot before them (a
+    wiped replica gets new segments until the next check notices the wipe): that restore error means "not
+    yet" too.
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
             assert callable(check) and check()
             return
-        except AssertionError:
+        except (AssertionError, ReplicatorError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
