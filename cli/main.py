@@ -40,7 +40,7 @@ class ReplicatorGroup(click.Group):
 
 
 @click.group(cls=ReplicatorGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(replicator.__version__, prog_name="replicator")
+@click.version_option(package_name="replicator", prog_name="replicator")  # looked up when asked
 def cli() -> None:
     """Replicate SQLite databases to object storage and restore them to any point in time."""
     from replicator.storage import apply_litestream_credentials

@@ -6,9 +6,14 @@ The library never prints and never exits: it raises the errors in `replicator.er
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("replicator")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+unknown"
+def __getattr__(name: str) -> str:
+    """`__version__`, looked up when asked: importlib.metadata costs ~20 ms of every start-up (restore's too)."""
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("replicator")
+    except PackageNotFoundError:  # running from a source tree without installing
+        return "0.0.0+unknown"

@@ -236,6 +236,30 @@ def test_bad_credentials(s3_server: S3Server, s3_location: object, out_dir: Path
     assert "wrong-secret" not in done.stderr
 
 
+# Runs the CLI and reports which of boto3's modules it loaded.
+UPLOAD_MODULES_OF_CLI = """
+import runpy, sys
+sys.argv = ["replicator", *sys.argv[1:]]
+try:
+    runpy.run_module("replicator_cli", run_name="__main__")
+finally:
+    print("loaded:", *sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "s3transfer")), file=sys.stderr)
+"""
+
+
+def test_a_restore_from_s3_loads_none_of_the_upload_machinery(
+    s3_server: S3Server, s3_location: object, out_dir: Path
+) -> None:
+    """boto3 and s3transfer (~0.1 s of imports) serve multipart uploads only: restore time is the app's boot time."""
+    url = f"s3://{s3_location.bucket}/{s3_location.prefix}?endpoint={s3_server.endpoint}"  # type: ignore[attr-defined]
+    args = ["restore", url, "-o", str(out_dir / "app.db"), "--if-replica-exists"]
+    done = subprocess.run(
+        [sys.executable, "-c", UPLOAD_MODULES_OF_CLI, *args], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.split("loaded:")[1].split() == []
+
+
 def test_unreachable_endpoint(out_dir: Path) -> None:
     env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
     done = cli("restore", "s3://bucket/p?endpoint=http://127.0.0.1:9", "-o", str(out_dir / "app.db"), env=env)

@@ -1,25 +1,28 @@
-"""S3 and S3-compatible stores (AWS, MinIO, R2, B2, Ceph RGW) through boto3.
+"""S3 and S3-compatible stores (AWS, MinIO, R2, B2, Ceph RGW) through botocore.
 
 Endpoint, region and credentials come from boto3's usual chain (AWS_ENDPOINT_URL, AWS_REGION,
 AWS_ACCESS_KEY_ID, profiles, instance roles...), or from `?endpoint=`/`?region=` on the replica URL.
 botocore's own retries are switched off: RetryingClient is the single place that retries, and this module
 only classifies each failure as not-found, permanent or transient.
+
+boto3 (and its s3transfer, ~0.1 s of imports) is loaded only for the first multipart upload: restore runs in
+the app's entrypoint, where start-up is boot time, and never uploads.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
-import boto3
-import boto3.exceptions
 import botocore.exceptions
 import botocore.handlers
-from boto3.s3.transfer import TransferConfig
+import botocore.session
 from botocore.config import Config
 
 from ..errors import (
@@ -32,6 +35,7 @@ from ..errors import (
 from .base import Body, ObjectInfo, Readable, ReplicaOptions, check_key
 
 if TYPE_CHECKING:
+    from boto3.s3.transfer import TransferConfig
     from mypy_boto3_s3 import S3Client as Boto3S3Client
 
 DELETE_BATCH = 1000  # S3's limit per DeleteObjects; Ceph RGW answers 400 above it
@@ -73,14 +77,18 @@ class S3Client:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._page_size = list_page_size
         self._client = client or _make_client(endpoint_url, region, options or ReplicaOptions())
-        # 8 MiB parts allow 80 GB objects (10 000 parts). Uploads from a file object copy parts into memory first:
-        # at most 4 of them (the default, 10, costs 80 MiB+ of RSS). Files still at their path go by name instead.
-        self._transfer = TransferConfig(
-            multipart_threshold=_MULTIPART_THRESHOLD,
-            multipart_chunksize=8 << 20,
-            max_concurrency=4,
+
+    @functools.cached_property
+    def _transfer(self) -> TransferConfig:
+        """8 MiB parts allow 80 GB objects (10 000 parts). Uploads from a file object copy parts into memory first:
+        at most 4 of them (the default, 10, costs 80 MiB+ of RSS). Files still at their path go by name instead."""
+        from boto3.s3.transfer import TransferConfig
+
+        transfer = TransferConfig(
+            multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=8 << 20, max_concurrency=4
         )
-        self._transfer.max_in_memory_upload_chunks = 4  # s3transfer's setting; boto3's constructor lacks it
+        transfer.max_in_memory_upload_chunks = 4  # s3transfer's setting; boto3's constructor lacks it
+        return transfer
 
     @property
     def url(self) -> str:
@@ -145,15 +153,17 @@ class S3Client:
                 size = body.seek(0, io.SEEK_END) - start
                 body.seek(start)
                 if size > self._transfer.multipart_threshold:
+                    from boto3.s3.inject import upload_file, upload_fileobj  # boto3's methods, on our client
+
                     path = _same_file_path(body)
                     if path is not None and start == 0:
                         # By name, s3transfer reads each part from the file as it sends it; from a file object it
                         # copies parts into memory first (measured: +11 MB RSS vs +75 MB for a 130 MB upload).
-                        self._client.upload_file(path, self.bucket, full, Config=self._transfer)
+                        upload_file(self._client, path, self.bucket, full, Config=self._transfer)
                     else:
                         # s3transfer closes the file it reads: lend it one that cannot close ours.
                         lent = cast(IO[Any], _Lent(body))
-                        self._client.upload_fileobj(lent, self.bucket, full, Config=self._transfer)
+                        upload_fileobj(self._client, lent, self.bucket, full, Config=self._transfer)
                     return
                 body = body.read()
             self._client.put_object(Bucket=self.bucket, Key=full, Body=body)
@@ -299,15 +309,18 @@ def _new_client(endpoint_url: str | None, region: str | None, options: ReplicaOp
         response_checksum_validation="when_required",
     )
     try:
-        session = boto3.session.Session(
-            aws_access_key_id=options.access_key_id, aws_secret_access_key=options.secret_access_key
-        )
-        client = session.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            config=config,
-            verify=False if options.skip_verify else None,
+        session = botocore.session.Session()
+        if options.access_key_id or options.secret_access_key:
+            session.set_credentials(options.access_key_id or "", options.secret_access_key or "")
+        client = cast(
+            "Boto3S3Client",
+            session.create_client(
+                "s3",
+                endpoint_url=endpoint_url,
+                region_name=region,
+                config=config,
+                verify=False if options.skip_verify else None,
+            ),
         )
     except botocore.exceptions.BotoCoreError as exc:  # AWS_PROFILE naming no profile, a malformed config...
         raise ConfigError(f"cannot set up S3 access: {exc}") from None
@@ -340,7 +353,8 @@ def _classified(what: str) -> Iterator[None]:
 
 def classify(what: str, exc: BaseException) -> StorageError | None:
     """The storage error for a botocore exception, or None if it is not one we know."""
-    if isinstance(exc, boto3.exceptions.S3UploadFailedError) and exc.__context__ is not None:
+    boto3_exceptions = sys.modules.get("boto3.exceptions")  # loaded with the first multipart upload
+    if boto3_exceptions and isinstance(exc, boto3_exceptions.S3UploadFailedError) and exc.__context__ is not None:
         return classify(what, exc.__context__)  # s3transfer re-raises the ClientError as text
     if isinstance(exc, botocore.exceptions.ClientError):
         code = _code(exc)
