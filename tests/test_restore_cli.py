@@ -141,10 +141,7 @@ def test_point_in_time_by_timestamp_and_by_txid(tmp_path: Path, out_dir: Path, r
 
     writer.start(count=0).wait()  # the app creates its database; the first generation starts from it
     repl = Replicator(db, [replica.url], options, replica.env).start()
-    deadline = time.monotonic() + 30
-    while "snapshot of generation" not in repl.output:  # every moment below is after its snapshot
-        assert time.monotonic() < deadline, repl.output
-        time.sleep(0.05)
+    repl.wait_for("snapshot of generation")  # every moment below is after its snapshot
     for first in (1, 41, 81):
         batch(first)
     assert repl.stop() == 0, repl.output

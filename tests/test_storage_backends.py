@@ -86,7 +86,7 @@ def test_s3_large_upload_goes_multipart_and_reads_back(s3_location: S3Location, 
     (or nothing) must still be read through the object we were given.
     """
     client = s3_location.client()
-    client._transfer.multipart_threshold = 5 << 20  # the smallest part S3 accepts
+    client._multipart_threshold = 5 << 20  # the smallest part S3 accepts (before `_transfer` is made from it)
     client._transfer.multipart_chunksize = 5 << 20
     data = bytes(range(256)) * (11 << 12)  # 11 MiB: three parts
     if source == "memory":

@@ -77,6 +77,7 @@ class S3Client:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._page_size = list_page_size
         self._client = client or _make_client(endpoint_url, region, options or ReplicaOptions())
+        self._multipart_threshold = _MULTIPART_THRESHOLD  # a plain number: comparing with it loads no boto3
 
     @functools.cached_property
     def _transfer(self) -> TransferConfig:
@@ -85,7 +86,7 @@ class S3Client:
         from boto3.s3.transfer import TransferConfig
 
         transfer = TransferConfig(
-            multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=8 << 20, max_concurrency=4
+            multipart_threshold=self._multipart_threshold, multipart_chunksize=8 << 20, max_concurrency=4
         )
         transfer.max_in_memory_upload_chunks = 4  # s3transfer's setting; boto3's constructor lacks it
         return transfer
@@ -152,7 +153,7 @@ class S3Client:
                 start = body.tell()
                 size = body.seek(0, io.SEEK_END) - start
                 body.seek(start)
-                if size > self._transfer.multipart_threshold:
+                if size > self._multipart_threshold:
                     from boto3.s3.inject import upload_file, upload_fileobj  # boto3's methods, on our client
 
                     path = _same_file_path(body)
