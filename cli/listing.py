@@ -93,7 +93,9 @@ def _object_rows(
     from replicator.keys import chain_order
 
     listing = _listing(source, config)
-    keys = sorted((k for k in listing.sizes if isinstance(k, kind)), key=chain_order)
+    keys = sorted(
+        (k for k in listing.sizes if isinstance(k, kind)), key=lambda k: (chain_order(k), -getattr(k, "level", 0))
+    )
     return [{"generation": f"{k.generation:016x}", **describe(k), "bytes": listing.sizes[k]} for k in keys]
 
 
@@ -114,7 +116,11 @@ def snapshots(source: str, config: Path | None, as_json: bool) -> None:
 @click.command()
 @_source_options
 def wal(source: str, config: Path | None, as_json: bool) -> None:
-    """List the WAL segments in a replica (oldest first): the transactions each one ships."""
+    """List the WAL segments in a replica (oldest first): the transactions each one ships.
+
+    Level 0 is a segment as shipped; levels 1 and up are compacted segments (restore uses them to need
+    fewer requests; each restores only to its last txid).
+    """
     from replicator.history import format_time
     from replicator.keys import SegmentKey
 
@@ -122,10 +128,16 @@ def wal(source: str, config: Path | None, as_json: bool) -> None:
         source,
         config,
         SegmentKey,
-        lambda k: {"first_txid": k.first_txid, "last_txid": k.last_txid, "time": format_time(k.last_time_us)},
+        lambda k: {
+            "first_txid": k.first_txid,
+            "last_txid": k.last_txid,
+            "level": k.level,
+            "time": format_time(k.last_time_us),
+        },
     )
     if not as_json:
         for row in rows:
             row["txids"] = f"{row['first_txid']}-{row['last_txid']}"
             row["size"] = human_bytes(row["bytes"])
-    _print(rows, [("GENERATION", "generation"), ("TXIDS", "txids"), ("TIME", "time"), ("SIZE", "size")], as_json)
+    columns = [("GENERATION", "generation"), ("TXIDS", "txids"), ("LEVEL", "level"), ("TIME", "time"), ("SIZE", "size")]
+    _print(rows, columns, as_json)

@@ -95,7 +95,12 @@ def restore(
         return
     try:
         plan = lib.plan_restore(
-            listing.objects, generation=generation, txid=txid, timestamp_us=timestamp, now_us=time.time_ns() // 1000
+            listing.objects,
+            sizes=listing.sizes,
+            generation=generation,
+            txid=txid,
+            timestamp_us=timestamp,
+            now_us=time.time_ns() // 1000,
         )
     except lib.ReplicaEmpty as exc:
         raise ReplicatorError(f"{client.url}: {exc}; use --if-replica-exists to make that a success") from None

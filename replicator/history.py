@@ -14,13 +14,20 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from .keys import ObjectKey, SnapshotKey
+from .keys import ObjectKey, SegmentKey, SnapshotKey
 
 
 def by_generation(objects: Iterable[ObjectKey]) -> dict[int, list[ObjectKey]]:
     grouped: dict[int, list[ObjectKey]] = defaultdict(list)
     for obj in objects:
         grouped[obj.generation].append(obj)
+    return dict(grouped)
+
+
+def by_level(segments: Iterable[SegmentKey]) -> dict[int, list[SegmentKey]]:
+    grouped: dict[int, list[SegmentKey]] = defaultdict(list)
+    for seg in segments:
+        grouped[seg.level].append(seg)
     return dict(grouped)
 
 

@@ -4,6 +4,11 @@ Layout, relative to the replica's root (an S3 bucket prefix or a directory):
 
     generations/<generation>/snapshots/<txid>-<time>.snap
     generations/<generation>/segments/<first txid>-<last txid>-<last commit time>.seg
+    generations/<generation>/levels/<level>/<first txid>-<last txid>-<last commit time>.seg
+
+Segments as shipped are level 0; a compacted segment (compaction.py) merges a run of them into one object
+of level 1..9 that restores only to its end. `levels/` sorts before `segments/`, so a LIST from
+`past_segments` (the probe) sees none of them.
 
 Every number is 16 lowercase hex digits, so lexical order is numeric order and a listing alone is enough to
 plan a restore (which generation, which snapshot, which segments, up to which time) without a HEAD or GET.
@@ -25,8 +30,9 @@ from .errors import MalformedKey
 GENERATIONS = "generations/"
 _HEX = "[0-9a-f]{16}"
 _SNAPSHOT = re.compile(rf"generations/({_HEX})/snapshots/({_HEX})-({_HEX})\.snap")
-_SEGMENT = re.compile(rf"generations/({_HEX})/segments/({_HEX})-({_HEX})-({_HEX})\.seg")
+_SEGMENT = re.compile(rf"generations/({_HEX})/(?:segments|levels/([1-9]))/({_HEX})-({_HEX})-({_HEX})\.seg")
 _MAX = (1 << 64) - 1
+MAX_LEVEL = 9
 
 
 def _hex(value: int) -> str:
@@ -50,21 +56,28 @@ class SnapshotKey:
 
 @dataclass(frozen=True, order=True, slots=True)
 class SegmentKey:
-    """Transactions first_txid..last_txid; the last of them committed at `last_time_us`."""
+    """Transactions first_txid..last_txid; the last of them committed at `last_time_us`.
+
+    Level 0 is a segment as shipped (the chain); levels 1..9 are compacted ones (compaction.py).
+    """
 
     generation: int
     first_txid: int
     last_txid: int
     last_time_us: int
+    level: int = 0
 
     def __post_init__(self) -> None:
         if self.first_txid > self.last_txid:
             raise ValueError(f"segment txid range {self.first_txid}..{self.last_txid} is reversed")
+        if not 0 <= self.level <= MAX_LEVEL:
+            raise ValueError(f"segment level {self.level} is not in 0..{MAX_LEVEL}")
 
     @property
     def key(self) -> str:
+        where = "segments/" if self.level == 0 else f"levels/{self.level}/"
         return (
-            f"{generation_prefix(self.generation)}segments/"
+            f"{generation_prefix(self.generation)}{where}"
             f"{_hex(self.first_txid)}-{_hex(self.last_txid)}-{_hex(self.last_time_us)}.seg"
         )
 
@@ -82,10 +95,10 @@ def parse(key: str) -> ObjectKey:
         gen, txid, ts = (int(g, 16) for g in m.groups())
         return SnapshotKey(gen, txid, ts)
     if m := _SEGMENT.fullmatch(key):
-        gen, first, last, ts = (int(g, 16) for g in m.groups())
+        gen, first, last, ts = (int(m.group(i), 16) for i in (1, 3, 4, 5))
         if first > last:
             raise MalformedKey(key, "segment txid range is reversed")
-        return SegmentKey(gen, first, last, ts)
+        return SegmentKey(gen, first, last, ts, int(m.group(2) or 0))
     raise MalformedKey(key, "not a snapshot or segment key of this tool")
 
 

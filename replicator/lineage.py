@@ -3,7 +3,7 @@ chain (over a listing), and whether local state still describes the database (ov
 
 Rules:
 1. A replica holds generation G up to txid T only if it holds a snapshot of G and an unbroken run of
-   segments from that snapshot to T (restore.plan_restore's rule, checked before we claim anything).
+   shipped (level-0) segments from that snapshot to T (restore.plan_restore's rule, checked before we claim anything).
 2. Objects of ours that we never shipped (a newer generation, or txids beyond ours) mean another writer:
    the replica is not ours to continue.
 3. An upload must continue the replica's chain: a segment starts right after the replica's position,
@@ -18,6 +18,7 @@ import itertools
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from .history import by_level
 from .keys import ObjectKey, SegmentKey, SnapshotKey, chain_order
 from .state import ShipperState
 from .wal import FrameHeader, WalHeader
@@ -129,10 +130,13 @@ def prove_chain(held: Iterable[ObjectKey], generation: int, txid: int) -> ChainP
         return ChainProof(generation, NOTHING, ReplicaProblem.NO_GENERATION)
     base = max(snapshots, key=chain_order)
     end: Position = chain_order(base)
-    starts = {k.first_txid: k for k in mine if isinstance(k, SegmentKey)}
+    shipped = [
+        k for k in mine if isinstance(k, SegmentKey) and k.level == 0
+    ]  # the chain; compacted ones only speed it up
+    starts = {k.first_txid: k for k in shipped}
     while (seg := starts.get(end[1] + 1)) is not None:
         end = chain_order(seg)
-    past_gap = any(isinstance(k, SegmentKey) and k.last_txid > end[1] for k in mine)
+    past_gap = any(k.last_txid > end[1] for k in shipped)
     return ChainProof(generation, end, ReplicaProblem.BROKEN_CHAIN if past_gap else None)
 
 
@@ -175,9 +179,13 @@ def probe(
 
 
 def _forked(keys: Iterable[ObjectKey]) -> bool:
-    """Whether two segments of one generation cover a txid both: two writers continued it from one point."""
-    segments = sorted((k for k in keys if isinstance(k, SegmentKey)), key=lambda k: k.first_txid)
-    return any(b.first_txid <= a.last_txid for a, b in itertools.pairwise(segments))
+    """Whether two segments of one generation and level cover a txid both: two writers continued it from one
+    point (levels overlap each other by design, compaction.py)."""
+    for run in by_level(k for k in keys if isinstance(k, SegmentKey)).values():
+        run.sort(key=lambda k: k.first_txid)
+        if any(b.first_txid <= a.last_txid for a, b in itertools.pairwise(run)):
+            return True
+    return False
 
 
 def _reach(found: Iterable[ObjectKey]) -> int:

@@ -1,8 +1,9 @@
 """Rebuilding a database from a replica: a pure plan from the listing, then a verified, atomic apply.
 
-Plan (no I/O): pick the generation (the newest, or the one covering the target time), its newest
-snapshot at or before the target, and the unbroken chain of segments after it up to the target. A gap in
-the chain is an error, never a silent older state.
+Plan (no I/O): pick the generation (the newest, or the one covering the target time), then the cheapest
+unbroken chain from one of its snapshots at or before the target to the last txid it reaches there: the
+fewest objects, taking compacted segments (compaction.py) wherever they end at or before the target. A gap
+in the chain is an error, never a silent older state.
 
 Apply: stream the snapshot into a temporary file beside the output, apply each segment's commit records
 (pages written in place, file cut to the commit's size), verify every object as it is read, run
@@ -19,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import apsw
 
 from . import keys
 from .errors import ReplicatorError
-from .history import by_generation, format_time, last_write, restorable_span, started
+from .history import by_generation, by_level, format_time, last_write, restorable_span, started
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .segment import Readable, SegmentReader
 from .state import file_digest, record_restored
@@ -65,12 +66,16 @@ class RestorePlan:
 def plan_restore(
     objects: Iterable[ObjectKey],
     *,
+    sizes: Mapping[ObjectKey, int] | None = None,
     generation: int | None = None,
     txid: int | None = None,
     timestamp_us: int | None = None,
     now_us: int | None = None,
 ) -> RestorePlan:
     """Choose what to fetch to rebuild the database at the target (the latest state by default).
+
+    The target is reached by the fewest objects (then the fewest bytes, from `sizes`) that chain from a
+    snapshot: compacted segments where they end at or before the target, shipped ones for the rest.
 
     A time after the last commit restores the latest state (nothing changed since), unless it lies
     after `now_us` (a typo rather than a wish); a txid after the last one shipped is an error.
@@ -112,35 +117,94 @@ def plan_restore(
     snapshots = [k for k in items if isinstance(k, SnapshotKey) and reachable(k)]
     if not snapshots:
         raise RestoreError(f"generation {chosen:016x} has no snapshot at or before the target")
-    snapshot = max(snapshots, key=keys.chain_order)
-    segments = sorted(
-        (k for k in items if isinstance(k, SegmentKey) and k.last_txid > snapshot.txid), key=lambda k: k.first_txid
-    )
+    newest = max(snapshots, key=keys.chain_order)
+    segments = [k for k in items if isinstance(k, SegmentKey)]
+    fork = _fork([k for k in segments if k.last_txid > newest.txid], newest, txid)
+    if fork is not None:
+        seg, before = fork
+        raise RestoreError(
+            f"generation {chosen:016x} forked at txid {seg.first_txid}: two replicators shipped different "
+            f"transactions from there ({seg.key} and {before.key}); restore --txid {seg.first_txid - 1} or "
+            "another generation"
+        )
+    paths = _cheapest_paths(snapshots, [k for k in segments if reachable(k)], sizes or {})
+    end = max(paths)
+    # A gap matters if the target lies beyond it: then we must not stop short and call it done.
+    beyond = [
+        k
+        for k in segments
+        if k.first_txid > end + 1
+        and (txid is None or k.first_txid <= txid)
+        and (timestamp_us is None or k.last_time_us <= timestamp_us)
+    ]
+    if beyond:
+        after = min(beyond, key=lambda k: k.first_txid)
+        raise RestoreError(
+            f"generation {chosen:016x} is missing transactions {end + 1}..{after.first_txid - 1} "
+            f"(next object: {after.key}); restore an earlier point or another generation"
+        )
     chain: list[SegmentKey] = []
-    expected = snapshot.txid + 1
-    for seg in segments:
-        if seg.first_txid < expected and (txid is None or seg.first_txid <= txid):
-            raise RestoreError(
-                f"generation {chosen:016x} forked at txid {seg.first_txid}: two replicators shipped different "
-                f"transactions from there ({seg.key} and {chain[-1].key if chain else snapshot.key}); restore "
-                f"--txid {seg.first_txid - 1} or another generation"
-            )
-        if seg.first_txid != expected:
-            # A gap matters if the target lies beyond it: then we must not stop short and call it done.
-            needed = (txid is None or seg.first_txid <= txid) and (
-                timestamp_us is None or seg.last_time_us <= timestamp_us
-            )
-            if needed:
-                raise RestoreError(
-                    f"generation {chosen:016x} is missing transactions {expected}..{seg.first_txid - 1} "
-                    f"(next object: {seg.key}); restore an earlier point or another generation"
-                )
-            break
-        if not reachable(seg):
-            break
-        chain.append(seg)
-        expected = seg.last_txid + 1
-    return RestorePlan(chosen, snapshot, tuple(chain))
+    node: int | None = end
+    while node is not None:
+        step = paths[node]
+        if isinstance(step.last, SnapshotKey):
+            return RestorePlan(chosen, step.last, tuple(reversed(chain)))
+        chain.append(step.last)
+        node = step.previous
+    raise AssertionError("every path starts at a snapshot")
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """The cheapest way found to reach a txid: its cost, the object that reaches it, and where that starts."""
+
+    gets: int
+    bytes: int
+    last: ObjectKey
+    previous: int | None  # the txid the object continues from; None for a snapshot
+
+
+def _cheapest_paths(
+    snapshots: Sequence[SnapshotKey], segments: Iterable[SegmentKey], sizes: Mapping[ObjectKey, int]
+) -> dict[int, _Step]:
+    """For every txid reachable from a snapshot, the fewest GETs (then bytes) that reach it.
+
+    Objects only go forward (a segment from txid a - 1 to b > a - 1), so taking them by first txid settles
+    each txid before any object starting after it is tried: one pass, whatever mix of levels overlaps.
+    """
+    best: dict[int, _Step] = {}
+
+    def offer(node: int, step: _Step) -> None:
+        known = best.get(node)
+        if known is None or (step.gets, step.bytes) < (known.gets, known.bytes):
+            best[node] = step
+
+    for snap in snapshots:
+        offer(snap.txid, _Step(1, sizes.get(snap, 0), snap, None))
+    for seg in sorted(segments, key=lambda k: (k.first_txid, k.last_txid, k.level)):
+        start = best.get(seg.first_txid - 1)
+        if start is not None:
+            offer(seg.last_txid, _Step(start.gets + 1, start.bytes + sizes.get(seg, 0), seg, seg.first_txid - 1))
+    return best
+
+
+def _fork(
+    segments: Iterable[SegmentKey], snapshot: SnapshotKey, txid: int | None
+) -> tuple[SegmentKey, ObjectKey] | None:
+    """Two objects of one level covering a txid both (at or before `txid`): two writers continued the chain.
+
+    Objects of different levels overlap by design; shipped ones (level 0) must also start after the
+    snapshot they continue, where a compacted one may span it.
+    """
+    for level, run in by_level(segments).items():
+        before: ObjectKey | None = snapshot if level == 0 else None
+        reach = snapshot.txid if level == 0 else -1
+        for seg in sorted(run, key=lambda k: k.first_txid):
+            if seg.first_txid <= reach and before is not None and (txid is None or seg.first_txid <= txid):
+                return seg, before
+            if seg.last_txid > reach:
+                reach, before = seg.last_txid, seg
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,7 +471,7 @@ def restore(client: ReplicaClient, output: Path, *, parallelism: int = 8, **targ
     """Plan and apply: the latest state, or the one at `txid=` / `timestamp_us=` / in `generation=`."""
     check_output(output.absolute())
     listing = list_replica(client)
-    plan = plan_restore(listing.objects, now_us=time.time_ns() // 1000, **target)
+    plan = plan_restore(listing.objects, sizes=listing.sizes, now_us=time.time_ns() // 1000, **target)
     digest = apply_plan(client, plan, output, parallelism=parallelism)
     if not any(v is not None for v in target.values()):
         leave_state(output, plan, digest)

@@ -27,17 +27,18 @@ from typing import IO, Protocol, cast
 import zstandard
 
 from .errors import CorruptSegment, UnsupportedFormatVersion
-from .keys import ObjectKey, SegmentKey, SnapshotKey
+from .keys import MAX_LEVEL, ObjectKey, SegmentKey, SnapshotKey
 
 MAGIC = b"RPLC"
 TRAILER_MAGIC = b"RPLE"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this build writes: version 1 (no level byte) is still read, as level 0
+READABLE_VERSIONS = (1, 2)
 HEADER_SIZE = 72
 TRAILER_SIZE = 16
 COMMIT_HEADER_SIZE = 24
 DEFAULT_LEVEL = 1
 
-_HEADER = struct.Struct(">4sHBBIIQQQQQII4x")  # everything but the trailing CRC32
+_HEADER = struct.Struct(">4sHBBIIQQQQQIIB3s")  # everything but the trailing CRC32
 _TRAILER = struct.Struct(">4sQI")
 _COMMIT = struct.Struct(">QQII")
 _IMAGE_CHUNK = 1 << 20
@@ -75,6 +76,7 @@ class SegmentHeader:
     last_time_us: int
     commit_count: int
     page_count: int
+    level: int = 0  # 0: a segment as shipped or a snapshot; 1..9: a compacted segment (compaction.py)
 
     def __post_init__(self) -> None:
         problem = _header_problem(self)
@@ -103,6 +105,8 @@ class SegmentHeader:
             self.last_time_us,
             self.commit_count,
             self.page_count,
+            self.level,
+            bytes(3),
         )
         return head + struct.pack(">I", zlib.crc32(head))
 
@@ -118,7 +122,11 @@ def _header_problem(h: SegmentHeader) -> str | None:
         return f"txid range {h.first_txid}..{h.last_txid} is reversed"
     if not 0 <= h.first_time_us <= h.last_time_us <= _U64:
         return "commit times are reversed"
+    if not 0 <= h.level <= MAX_LEVEL:
+        return f"level {h.level} is not in 0..{MAX_LEVEL}"
     if h.kind is Kind.SNAPSHOT:
+        if h.level:
+            return "a snapshot has no level"
         if h.first_txid != h.last_txid or h.commit_count != 0 or h.page_count != h.db_size:
             return "a snapshot covers one txid, has no commit records and holds db_size pages"
         if h.first_time_us != h.last_time_us:
@@ -139,16 +147,18 @@ def parse_header(data: Buffer, name: str) -> SegmentHeader:
     if zlib.crc32(mv[: HEADER_SIZE - 4]) != crc:
         raise CorruptSegment(name, "header checksum mismatch")
     fields = _HEADER.unpack_from(mv)
-    version, kind, flags = fields[1], fields[2], fields[3]
-    if version != FORMAT_VERSION:
+    version, kind, flags, level, reserved = fields[1], fields[2], fields[3], fields[13], fields[14]
+    if version not in READABLE_VERSIONS:
         raise UnsupportedFormatVersion(
             name,
-            f"format version {version} is not supported (this build reads {FORMAT_VERSION}); upgrade",
+            f"format version {version} is not supported (this build reads versions 1 and 2); upgrade",
         )
     if kind not in (Kind.SEGMENT, Kind.SNAPSHOT) or flags != 0:
         raise CorruptSegment(name, f"unknown kind {kind} or flags {flags:#x}")
+    if reserved != bytes(3) or (version == 1 and level != 0):
+        raise CorruptSegment(name, "reserved header bytes are not zero")
     try:
-        return SegmentHeader(Kind(kind), *fields[4:])
+        return SegmentHeader(Kind(kind), *fields[4:14])
     except ValueError as exc:
         raise CorruptSegment(name, str(exc)) from None
 
@@ -188,7 +198,9 @@ def _record_problem(h: SegmentHeader, c: Commit, previous: Commit | None, index:
     """The rules on a commit record's txid, time and db size (everything but its page numbers)."""
     if index >= h.commit_count:
         return f"more commit records than the {h.commit_count} the header declares"
-    if previous is None and (c.txid < h.first_txid or c.time_us != h.first_time_us):
+    # A compacted segment's header states the whole range it covers; its first record may come later.
+    first_time_ok = c.time_us >= h.first_time_us if h.level else c.time_us == h.first_time_us
+    if previous is None and (c.txid < h.first_txid or not first_time_ok):
         return "first commit does not start the header's txid and time range"
     if previous is not None and (c.txid <= previous.txid or c.time_us < previous.time_us):
         return "txids must increase and times must not go back"
@@ -215,7 +227,7 @@ def key_for(header: SegmentHeader) -> ObjectKey:
     """The key an object with this header is stored under."""
     if header.kind is Kind.SNAPSHOT:
         return SnapshotKey(header.generation, header.last_txid, header.last_time_us)
-    return SegmentKey(header.generation, header.first_txid, header.last_txid, header.last_time_us)
+    return SegmentKey(header.generation, header.first_txid, header.last_txid, header.last_time_us, header.level)
 
 
 class _ChecksummingWriter:

@@ -67,7 +67,8 @@ def restore_if_missing(db: Path, clients: Sequence[ReplicaClient]) -> RestorePla
         return None
     for client in clients:
         try:
-            plan = plan_restore(list_replica(client).objects, now_us=time.time_ns() // 1000)
+            listing = list_replica(client)
+            plan = plan_restore(listing.objects, sizes=listing.sizes, now_us=time.time_ns() // 1000)
         except ReplicaEmpty:
             continue
         db.parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,12 @@ from replicator.keys import SegmentKey, SnapshotKey
 u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
 snapshot_keys = st.builds(SnapshotKey, u64, u64, u64)
 segment_keys = st.tuples(u64, u64, u64, u64).map(lambda t: SegmentKey(t[0], min(t[1], t[2]), max(t[1], t[2]), t[3]))
+compacted_keys = st.tuples(segment_keys, st.integers(min_value=1, max_value=keys.MAX_LEVEL)).map(
+    lambda t: SegmentKey(t[0].generation, t[0].first_txid, t[0].last_txid, t[0].last_time_us, t[1])
+)
 
 
-@given(st.one_of(snapshot_keys, segment_keys))
+@given(st.one_of(snapshot_keys, segment_keys, compacted_keys))
 def test_build_then_parse_is_identity(key: keys.ObjectKey) -> None:
     assert keys.parse(key.key) == key
 
@@ -32,6 +35,14 @@ def test_layout_is_as_documented() -> None:
     assert SegmentKey(0xAB, 3, 9, 0x10).key == (
         "generations/00000000000000ab/segments/0000000000000003-0000000000000009-0000000000000010.seg"
     )
+    assert SegmentKey(0xAB, 3, 9, 0x10, level=2).key == (
+        "generations/00000000000000ab/levels/2/0000000000000003-0000000000000009-0000000000000010.seg"
+    )
+
+
+def test_a_probe_listing_from_past_segments_sees_no_compacted_segment() -> None:
+    compacted = SegmentKey(1, 5, 90, 7, level=1)
+    assert compacted.key < keys.past_segments(1, 0)
 
 
 @pytest.mark.parametrize(
@@ -42,6 +53,9 @@ def test_layout_is_as_documented() -> None:
         "generations/0000000000000001/snapshots/000000000000002-0000000000000003.snap",
         "generations/0000000000000001/segments/0000000000000009-0000000000000003-0000000000000003.seg",
         "generations/0000000000000001/other/0000000000000002-0000000000000003.snap",
+        "generations/0000000000000001/levels/0/0000000000000002-0000000000000003-0000000000000003.seg",
+        "generations/0000000000000001/levels/10/0000000000000002-0000000000000003-0000000000000003.seg",
+        "generations/0000000000000001/levels/1/0000000000000002-0000000000000003.snap",
         "/generations/0000000000000001/snapshots/0000000000000002-0000000000000003.snap",
         "generations/../snapshots/0000000000000002-0000000000000003.snap",
         "backup.sql",

@@ -74,6 +74,19 @@ def test_transactions_we_never_shipped_mean_another_writer() -> None:
     assert proof.problem is ReplicaProblem.UNSHIPPED and proof.problem.other_writer
 
 
+def test_compacted_segments_are_neither_a_fork_nor_a_chain_of_their_own() -> None:
+    levelled = [*CHAIN, SegmentKey(G, 1, 6, 20, level=1), SegmentKey(G, 1, 9, 30, level=2)]
+    proof = prove_chain(levelled, G, 9)
+    assert proof.problem is None and proof.txid == 9
+    without_shipped_tail = [k for k in levelled if k != SegmentKey(G, 7, 9, 30)]
+    assert prove_chain(without_shipped_tail, G, 9).txid == 6  # a replica's chain is what was shipped
+
+
+def test_a_compacted_segment_reaching_past_what_we_shipped_means_another_writer() -> None:
+    proof = prove_chain([*CHAIN, SegmentKey(G, 1, 12, 40, level=1)], G, 9)
+    assert proof.problem is ReplicaProblem.UNSHIPPED
+
+
 def test_only_the_next_segment_or_a_snapshot_continues_a_chain() -> None:
     at = chain_order(SegmentKey(G, 4, 6, 20))
     assert continues(at, SegmentKey(G, 7, 9, 30))

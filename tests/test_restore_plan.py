@@ -191,3 +191,80 @@ def test_replica_with_segments_but_no_snapshot_is_reported_as_empty() -> None:
 def test_generation_without_a_snapshot_is_ignored_when_choosing_the_latest() -> None:
     plan = plan_restore([*G1, seg(3, 1, 5, 500)])
     assert plan.generation == 1
+
+
+# -- compacted segments ---------------------------------------------------------------------------------
+
+
+def compacted(generation: int, first: int, last: int, time_us: int, level: int = 1) -> SegmentKey:
+    return SegmentKey(generation, first, last, time_us, level)
+
+
+# Generation 5: shipped segments of one txid each at times 10, 20, ... 120; level 1 merges four at a time,
+# level 2 the first eight.
+SHIPPED = [seg(5, t, t, 10 * t) for t in range(1, 13)]
+LEVEL_1 = [compacted(5, 1, 4, 40), compacted(5, 5, 8, 80), compacted(5, 9, 12, 120)]
+LEVEL_2 = [compacted(5, 1, 8, 80, level=2)]
+LEVELLED = [snap(5, 0, 0), *SHIPPED, *LEVEL_1, *LEVEL_2]
+
+
+def test_latest_takes_the_largest_compacted_segments_that_reach_it() -> None:
+    plan = plan_restore(LEVELLED)
+    assert plan.segments == (compacted(5, 1, 8, 80, level=2), compacted(5, 9, 12, 120))
+
+
+@pytest.mark.parametrize(
+    ("t", "segments"),
+    [
+        (35, (seg(5, 1, 1, 10), seg(5, 2, 2, 20), seg(5, 3, 3, 30))),
+        (45, (compacted(5, 1, 4, 40),)),
+        (95, (compacted(5, 1, 8, 80, level=2), seg(5, 9, 9, 90))),
+        (115, (compacted(5, 1, 8, 80, level=2), seg(5, 9, 9, 90), seg(5, 10, 10, 100), seg(5, 11, 11, 110))),
+    ],
+)
+def test_a_point_in_time_uses_compacted_segments_that_end_by_then_and_shipped_ones_after(
+    t: int, segments: tuple[SegmentKey, ...]
+) -> None:
+    plan = plan_restore(LEVELLED, timestamp_us=t)
+    assert plan.segments == segments
+    assert plan.txid == plan_restore([snap(5, 0, 0), *SHIPPED], timestamp_us=t).txid
+
+
+@pytest.mark.parametrize("target", range(13))
+def test_every_txid_restores_as_precisely_as_without_compaction(target: int) -> None:
+    assert plan_restore(LEVELLED, txid=target).txid == target
+
+
+def test_overlapping_levels_are_not_a_fork() -> None:
+    assert plan_restore(LEVELLED, txid=7).txid == 7
+
+
+def test_two_compacted_segments_of_one_level_covering_a_txid_both_are_a_fork() -> None:
+    with pytest.raises(RestoreError, match=r"forked at txid 3"):
+        plan_restore([*LEVELLED, compacted(5, 3, 6, 60)])
+
+
+def test_a_compacted_segment_may_span_a_later_snapshot() -> None:
+    objects = [snap(5, 0, 0), *SHIPPED, snap(5, 6, 65), *LEVEL_1]
+    assert len(plan_restore(objects).objects) == 4
+    assert plan_restore(objects, timestamp_us=68).objects == (snap(5, 6, 65),)
+    without_snapshot = plan_restore([o for o in objects if o != snap(5, 6, 65)])
+    assert without_snapshot.segments == tuple(LEVEL_1)
+
+
+def test_compacted_segments_stand_in_for_shipped_ones_that_are_gone() -> None:
+    objects = [snap(5, 0, 0), *SHIPPED[8:], *LEVEL_2]
+    assert plan_restore(objects).segments == (compacted(5, 1, 8, 80, level=2), *SHIPPED[8:])
+
+
+def test_a_gap_that_no_level_covers_is_still_rejected() -> None:
+    objects = [snap(5, 0, 0), *SHIPPED[:4], *SHIPPED[6:], compacted(5, 1, 4, 40)]
+    with pytest.raises(RestoreError, match=r"missing transactions 5\.\.6"):
+        plan_restore(objects)
+
+
+def test_sizes_choose_between_paths_of_as_many_objects() -> None:
+    objects = [snap(5, 0, 0), compacted(5, 1, 4, 40), seg(5, 5, 8, 80), seg(5, 1, 3, 30), compacted(5, 4, 8, 80, 2)]
+    sizes: dict[ObjectKey, int] = {k: 100 for k in objects}
+    sizes[compacted(5, 1, 4, 40)] = 900
+    assert plan_restore(objects, sizes=sizes).segments == (seg(5, 1, 3, 30), compacted(5, 4, 8, 80, 2))

@@ -110,6 +110,58 @@ def test_unknown_format_version_is_its_own_error() -> None:
         read_all(bytes(data))
 
 
+def _as_version_1(data: bytes) -> bytes:
+    """The same object as a version-1 writer wrote it (the level byte was reserved, zero)."""
+    out = bytearray(data)
+    struct.pack_into(">H", out, 4, 1)
+    struct.pack_into(">I", out, segment.HEADER_SIZE - 4, zlib.crc32(out[: segment.HEADER_SIZE - 4]))
+    body_end = len(out) - segment.TRAILER_SIZE
+    struct.pack_into(">I", out, len(out) - 4, zlib.crc32(out[:body_end]))
+    return bytes(out)
+
+
+def test_version_1_objects_are_still_read_as_level_0() -> None:
+    data, commits = make_segment()
+    old = _as_version_1(data)
+    assert struct.unpack_from(">H", data, 4) == (2,)
+    assert [c for c, _ in read_all(old)] == [c for c, _ in commits]
+    assert segment.parse_header(old, "obj").level == 0
+
+
+def test_a_level_in_a_version_1_header_is_corruption() -> None:
+    data, _ = make_segment()
+    old = bytearray(_as_version_1(data))
+    old[64] = 2
+    struct.pack_into(">I", old, segment.HEADER_SIZE - 4, zlib.crc32(old[: segment.HEADER_SIZE - 4]))
+    with pytest.raises(CorruptSegment, match="reserved"):
+        segment.parse_header(old, "obj")
+
+
+def test_a_compacted_segment_carries_its_level_in_header_and_key() -> None:
+    header = SegmentHeader(Kind.SEGMENT, PS, 4, 0xABC, 5, 20, 1_000, 9_000, 1, 1, level=2)
+    data = segment.encode(header, [(Commit(20, 9_000, 4, (3,)), [page(3)])])
+    key = segment.key_for(segment.parse_header(data, "obj"))
+    assert key == keys.SegmentKey(0xABC, 5, 20, 9_000, level=2)
+    assert key.key == "generations/0000000000000abc/levels/2/0000000000000005-0000000000000014-0000000000002328.seg"
+    assert keys.parse(key.key) == key
+    SegmentReader(io.BytesIO(data), key.key, expect=key)
+    shipped = keys.SegmentKey(0xABC, 5, 20, 9_000)
+    with pytest.raises(CorruptSegment, match="does not match the object's key"):
+        SegmentReader(io.BytesIO(data), shipped.key, expect=shipped)
+
+
+def test_only_a_compacted_segment_may_start_its_records_after_its_first_time() -> None:
+    late_first = [(Commit(20, 9_000, 4, (3,)), [page(3)])]
+    segment.encode(SegmentHeader(Kind.SEGMENT, PS, 4, 1, 5, 20, 1_000, 9_000, 1, 1, level=1), late_first)
+    with pytest.raises(ValueError, match="does not start"):
+        segment.encode(SegmentHeader(Kind.SEGMENT, PS, 4, 1, 5, 20, 1_000, 9_000, 1, 1), late_first)
+
+
+def test_a_snapshot_has_no_level() -> None:
+    with pytest.raises(ValueError, match="no level"):
+        SegmentHeader(Kind.SNAPSHOT, PS, 1, 1, 1, 1, 1, 1, 0, 1, level=1)
+
+
 def test_not_an_object_of_ours() -> None:
     with pytest.raises(CorruptSegment, match="bad magic"):
         read_all(b"SQLite format 3\0" + bytes(100))
