@@ -13,6 +13,7 @@ from replicator.errors import ConfigError, FormatError, ReplicatorError, Storage
 from .listing import generations, snapshots, wal
 from .replicate import replicate
 from .restore import restore
+from .verify import verify
 
 # Stable exit codes for scripts: 1 generic failure, 2 usage (click's own), then one per problem class.
 EXIT_CODES: list[tuple[type[ReplicatorError], int]] = [
@@ -60,5 +61,5 @@ def version() -> None:
     click.echo(f"segment format {FORMAT_VERSION}")
 
 
-for command in (replicate, restore, generations, snapshots, wal):
+for command in (replicate, restore, verify, generations, snapshots, wal):
     cli.add_command(command)

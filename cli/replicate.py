@@ -42,6 +42,11 @@ from .common import setup_logging
     "wait for is dropped (they get a fresh snapshot when back). [default: 1GB]",
 )
 @click.option(
+    "--compaction",
+    help="Levels of compacted segments, by the interval each merges (restores then need few requests), or "
+    "none. [default: 10s,1m,10m,1h,6h]",
+)
+@click.option(
     "--takeover",
     is_flag=True,
     help="Replicate even to a replica that belongs to another database (it moved, or replaces that one).",

@@ -29,7 +29,11 @@ from .common import GenerationId, Timestamp, Txid, human_bytes, open_source
 @click.option("--if-db-not-exists", is_flag=True, help="Do nothing (exit 0) if the output already exists.")
 @click.option("--if-replica-exists", is_flag=True, help="Do nothing (exit 0) if the replica holds no data.")
 @click.option("--parallelism", type=click.IntRange(1, 64), default=8, show_default=True, help="Concurrent downloads.")
-@click.option("--dry-run", is_flag=True, help="Print the plan (generation, objects, bytes) and fetch nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (objects, GETs, bytes) and a predicted time from two small reads of the snapshot.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option(
     "--dir-all",
@@ -115,6 +119,12 @@ def restore(
         click.echo(f"  snapshot {plan.snapshot.key} ({listing.sizes[plan.snapshot]} bytes)")
         for seg in plan.segments:
             click.echo(f"  segment  {seg.key} ({listing.sizes[seg]} bytes)")
+        guess = lib.predict(client, plan, listing.sizes, parallelism)
+        click.echo(
+            f"{guess.gets} GETs, {human_bytes(guess.bytes)}; predicted {guess.seconds:.2f}s at parallelism "
+            f"{parallelism} (measured now: {guess.latency_s * 1000:.0f} ms a request, "
+            f"{guess.bandwidth / 1e6:.0f} MB/s a stream; integrity_check over {human_bytes(guess.database_bytes)})"
+        )
         return
 
     assert output is not None

@@ -1,4 +1,5 @@
-"""Compacted segments: a run of consecutive segments merged into one object that restores to the run's end.
+"""Compacted segments: a run of consecutive segments merged into one object that restores to the run's end,
+and the plan of which to build (pure, from the segments at hand and the time).
 
 Rules:
 1. Applying the merged object to a database gives exactly what applying its inputs one after another
@@ -11,19 +12,26 @@ Rules:
    would have.
 3. Merging is streaming and bounded: page images wait in a scratch file (one slot per page, the newest
    image overwrites the older), only page numbers are held in memory.
+4. Level k has an interval (`--compaction 10s,1m,...`, each a multiple of the one below). Once a window
+   [n * interval, (n + 1) * interval) of commit times has passed, the segments of lower levels that end in
+   it are merged along their cheapest cover (paths.py): the compacted segments below where they exist,
+   shipped ones elsewhere. A window whose cover is one object already gets nothing (the same bytes are
+   never stored at two levels), one that has its level-k segment is done, and one whose cover has a gap
+   (inputs no longer at hand) is skipped: restore then uses the finer objects there. Windows of one level
+   never share a segment, so their compacted segments never overlap (which restore would call a fork).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import paths
 from .keys import SegmentKey
 from .segment import Commit, Kind, Readable, SegmentHeader, SegmentReader, SegmentWriter, Writable
-
-COMPACTED_ZSTD_LEVEL = 3  # written once, read by every restore: worth more CPU than a shipped segment's level 1
 
 
 class NotARun(ValueError):
@@ -36,7 +44,7 @@ def merge(
     *,
     level: int,
     scratch: Path | None = None,
-    zstd_level: int = COMPACTED_ZSTD_LEVEL,
+    zstd_level: int = 1,
 ) -> SegmentHeader:
     """Write to `out` one segment of `level` equivalent to `inputs` (rule 1); returns its header.
 
@@ -114,3 +122,62 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
     if len(data) != size:  # our own scratch file: only a vanished or damaged disk gets here
         raise OSError(f"short read from the compaction scratch file at offset {offset}")
     return data
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One compacted segment to build (rule 4): its inputs in chain order, and the key it will have."""
+
+    level: int
+    inputs: tuple[SegmentKey, ...]
+
+    @property
+    def output(self) -> SegmentKey:
+        first, last = self.inputs[0], self.inputs[-1]
+        return SegmentKey(first.generation, first.first_txid, last.last_txid, last.last_time_us, self.level)
+
+
+def plan_compaction(held: Iterable[SegmentKey], intervals_us: Sequence[int], now_us: int) -> list[Job]:
+    """What to build now from `held` (one generation's segments at hand, any level), lowest level first.
+
+    Each job's output counts as held for the levels above it, so one call plans every level that is due.
+    """
+    have = set(held)
+    jobs: list[Job] = []
+    for level, interval in enumerate(intervals_us, start=1):
+        windows: dict[int, list[SegmentKey]] = {}
+        done: set[int] = set()
+        for seg in have:
+            n = seg.last_time_us // interval
+            if seg.level == level:
+                done.add(n)
+            elif seg.level < level and (n + 1) * interval <= now_us:
+                windows.setdefault(n, []).append(seg)
+        for n in sorted(windows.keys() - done):
+            members = windows[n]
+            first = min(k.first_txid for k in members)
+            last = max(k.last_txid for k in members)
+            best = paths.cheapest([paths.start(first - 1)], members, {})
+            if last not in best:
+                continue  # a gap: some inputs are no longer at hand
+            cover = paths.objects_to(best, last)
+            if len(cover) > 1:
+                job = Job(level, tuple(k for k in cover if isinstance(k, SegmentKey)))
+                jobs.append(job)
+                have.add(job.output)
+    return jobs
+
+
+def spent(held: Iterable[SegmentKey], intervals_us: Sequence[int], now_us: int) -> set[SegmentKey]:
+    """The segments no compaction will need again: inside a compacted segment of a higher level, or in a
+    window of the top level that has passed (planned by then: call this after building what was planned)."""
+    have = list(held)
+    if not intervals_us:
+        return set(have)
+    top = intervals_us[-1]
+    out = {k for k in have if (k.last_time_us // top + 1) * top <= now_us}
+    by_level = sorted((k for k in have if k.level > 0), key=lambda k: k.level)
+    for k in have:
+        if any(c.level > k.level and c.first_txid <= k.first_txid and k.last_txid <= c.last_txid for c in by_level):
+            out.add(k)
+    return out

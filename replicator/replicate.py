@@ -52,10 +52,11 @@ import apsw
 
 from . import keys, ownership, wal
 from .capture import Capture, FileGone, now_us
+from .compactor import Compactor
 from .config import Settings
 from .errors import ReplicatorError, StorageError, TransientStorageError
 from .history import format_time
-from .keys import ObjectKey, SnapshotKey
+from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .lineage import LocalFacts, NewGeneration, Reason, beyond, local_state_problem, prove_chain
 from .segment import Writable
 from .snapshot import build_overlay, write_snapshot
@@ -119,6 +120,19 @@ class Replicator:
         self.takeover = takeover
         self.state_dir = StateDir(self.db_path)
         self.outbox = Outbox(self.state_dir.spool, budget, database=str(self.db_path))
+        self.compactor = (
+            Compactor(
+                self.state_dir.path / "cache",
+                self.state_dir.spool,
+                self.settings.compaction,
+                on_built=self.outbox.add_extra,
+                zstd_level=self.settings.compression_level,
+            )
+            if self.settings.compaction
+            else None
+        )
+        if self.compactor is not None:
+            self.compactor.on_done = self._compaction_done
         self.uploaders: list[Uploader] = []
         self.db: Database | None = None
         self.wal_file = WalFile(Path(f"{self.db_path}-wal"))  # opened lazily, once per open database
@@ -227,7 +241,12 @@ class Replicator:
         finally:
             self._release()
 
+    def _compaction_done(self) -> None:
+        self.outbox.on_request()  # whatever the store set it to by now: our step looks at the schedule again
+
     def _release(self) -> None:
+        if self.compactor is not None:
+            self.compactor.stop()
         self.outbox.close()
         self._close()
         if self._locked:
@@ -339,6 +358,8 @@ class Replicator:
         state = self.state_dir.load()
         cause = self._gone or self._local_state_problem(state)
         self._reconcile_spool(state)
+        if self.compactor is not None and state is not None and cause is None:
+            self.compactor.start(state.generation)  # what the cache holds from the last run, if it continues
         if cause is None and listings is not None:
             assert state is not None
             cause = next((p for c in self.clients if (p := self._other_writer(state, c, listings[c.url]))), None)
@@ -427,7 +448,12 @@ class Replicator:
         for info in self.state_dir.spool.list(keys.GENERATIONS):
             key = keys.parse(info.key)
             unrecorded = state is not None and beyond(key, state.generation, state.txid)
-            if unrecorded or self.outbox.key_at(keys.chain_order(key)) not in (None, key):
+            if isinstance(key, SegmentKey) and key.level > 0:  # compacted: sent where useful (spool.py rule 4)
+                if unrecorded or state is None or key.generation != state.generation:
+                    self.state_dir.spool.delete([info.key])
+                else:
+                    self.outbox.add_extra(key, info.size)
+            elif unrecorded or self.outbox.key_at(keys.chain_order(key)) not in (None, key):
                 self.state_dir.spool.delete([info.key])
             else:
                 self.outbox.add(key, info.size)
@@ -464,13 +490,17 @@ class Replicator:
         return self._snapshot_wake(now, wake)
 
     def _snapshot_wake(self, now: float, wake: float | None) -> float | None:
-        """The tracker's answer, or sooner for a snapshot that is due or was asked for."""
+        """The tracker's answer, or sooner for a snapshot that is due or was asked for, or for compaction."""
         if self.outbox.snapshot_requested():
             return now
+        due: list[float] = []
         if self.state is not None and self.state.txid > 0:
-            due_us = self.state.last_snapshot_us + self.settings.snapshot_interval * 1e6
-            snapshot_at = now + max(0.0, (due_us - now_us()) / 1e6)
-            wake = snapshot_at if wake is None else min(wake, snapshot_at)
+            due.append(self.state.last_snapshot_us + self.settings.snapshot_interval * 1e6)
+        if self.compactor is not None and self.compactor.wake_us is not None:
+            due.append(self.compactor.wake_us)
+        for due_us in due:
+            at = now + max(0.0, (due_us - now_us()) / 1e6)
+            wake = at if wake is None else min(wake, at)
         return wake
 
     def _halting(self, now: float) -> bool:
@@ -540,6 +570,8 @@ class Replicator:
                 raise
         else:
             self._maybe_snapshot()
+        if self.compactor is not None and self.compactor.due(now_us()):
+            self.compactor.start_run(now_us())
 
     def _unflushed(self) -> bool:
         """Captured transactions wait for the spool (never after letting go of a file: its pages went with it)."""
@@ -567,6 +599,10 @@ class Replicator:
             raise SpoolWriteFailed(f"cannot save {self.state_dir.path / 'state.json'}: {_why(exc)}") from None
         self.state = state
         if key is not None:
+            if self.compactor is not None and key.generation != self.compactor.generation:
+                self.compactor.start(key.generation)  # a new generation: what the cache holds is of no use
+            if self.compactor is not None and isinstance(key, SegmentKey):
+                self.compactor.add(key)  # before the outbox has it: an upload may let the spool's copy go at once
             self.outbox.add(key, self.state_dir.spool.path(key.key).stat().st_size)
         self.outbox.set_head(state.generation, state.txid)
 

@@ -22,17 +22,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar, cast
 
 import apsw
 
-from . import keys
+from . import keys, paths
 from .errors import ReplicatorError
 from .history import by_generation, by_level, format_time, last_write, restorable_span, started
 from .keys import ObjectKey, SegmentKey, SnapshotKey
-from .segment import Readable, SegmentReader
+from .segment import HEADER_SIZE, Readable, SegmentReader, parse_header
 from .state import file_digest, record_restored
 from .storage import ReplicaClient
 from .storage.file import fsync_dir
@@ -53,6 +53,7 @@ class RestorePlan:
     generation: int
     snapshot: SnapshotKey
     segments: tuple[SegmentKey, ...]
+    sizes: Mapping[ObjectKey, int] = field(default_factory=dict, compare=False)  # of its objects, where known
 
     @property
     def txid(self) -> int:
@@ -127,8 +128,12 @@ def plan_restore(
             f"transactions from there ({seg.key} and {before.key}); restore --txid {seg.first_txid - 1} or "
             "another generation"
         )
-    paths = _cheapest_paths(snapshots, [k for k in segments if reachable(k)], sizes or {})
-    end = max(paths)
+    best = paths.cheapest(
+        (paths.start(k.txid, k, (sizes or {}).get(k, 0)) for k in snapshots),
+        (k for k in segments if reachable(k)),
+        sizes or {},
+    )
+    end = max(best)
     # A gap matters if the target lies beyond it: then we must not stop short and call it done.
     beyond = [
         k
@@ -143,49 +148,10 @@ def plan_restore(
             f"generation {chosen:016x} is missing transactions {end + 1}..{after.first_txid - 1} "
             f"(next object: {after.key}); restore an earlier point or another generation"
         )
-    chain: list[SegmentKey] = []
-    node: int | None = end
-    while node is not None:
-        step = paths[node]
-        if isinstance(step.last, SnapshotKey):
-            return RestorePlan(chosen, step.last, tuple(reversed(chain)))
-        chain.append(step.last)
-        node = step.previous
-    raise AssertionError("every path starts at a snapshot")
-
-
-@dataclass(frozen=True, slots=True)
-class _Step:
-    """The cheapest way found to reach a txid: its cost, the object that reaches it, and where that starts."""
-
-    gets: int
-    bytes: int
-    last: ObjectKey
-    previous: int | None  # the txid the object continues from; None for a snapshot
-
-
-def _cheapest_paths(
-    snapshots: Sequence[SnapshotKey], segments: Iterable[SegmentKey], sizes: Mapping[ObjectKey, int]
-) -> dict[int, _Step]:
-    """For every txid reachable from a snapshot, the fewest GETs (then bytes) that reach it.
-
-    Objects only go forward (a segment from txid a - 1 to b > a - 1), so taking them by first txid settles
-    each txid before any object starting after it is tried: one pass, whatever mix of levels overlaps.
-    """
-    best: dict[int, _Step] = {}
-
-    def offer(node: int, step: _Step) -> None:
-        known = best.get(node)
-        if known is None or (step.gets, step.bytes) < (known.gets, known.bytes):
-            best[node] = step
-
-    for snap in snapshots:
-        offer(snap.txid, _Step(1, sizes.get(snap, 0), snap, None))
-    for seg in sorted(segments, key=lambda k: (k.first_txid, k.last_txid, k.level)):
-        start = best.get(seg.first_txid - 1)
-        if start is not None:
-            offer(seg.last_txid, _Step(start.gets + 1, start.bytes + sizes.get(seg, 0), seg, seg.first_txid - 1))
-    return best
+    base, *chain = paths.objects_to(best, end)
+    assert isinstance(base, SnapshotKey) and all(isinstance(k, SegmentKey) for k in chain)
+    known = {k: sizes[k] for k in (base, *chain) if sizes and k in sizes}
+    return RestorePlan(chosen, base, tuple(cast(list[SegmentKey], chain)), known)
 
 
 def _fork(
@@ -227,6 +193,49 @@ def list_replica(client: ReplicaClient) -> Listing:
     ours, foreign = keys.parse_listing(o.key for o in infos)
     size = {o.key: o.size for o in infos}
     return Listing({k: size[k.key] for k in ours}, foreign)
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What a plan will cost, from two ranged GETs of its snapshot: a tiny one (latency) and up to 1 MiB."""
+
+    gets: int
+    bytes: int
+    latency_s: float  # one small GET, first byte to last
+    bandwidth: float  # bytes per second of one GET stream
+    database_bytes: int  # the snapshot's database size, from its header
+    seconds: float  # the predicted wall time of the restore, integrity check included
+
+    INTEGRITY_CHECK_BYTES_PER_S = 900e6  # PRAGMA integrity_check here: ~0.3 s per 270 MB
+
+
+def predict(
+    client: ReplicaClient, plan: RestorePlan, sizes: Mapping[ObjectKey, int], parallelism: int = 8
+) -> Prediction:
+    """Time a tiny and a 1 MiB ranged GET of the plan's snapshot and scale: the snapshot streams alone, the
+    segments come `parallelism` at a time, then integrity_check runs over the database."""
+    key = plan.snapshot.key
+    started = time.perf_counter()
+    header = client.get(key, 0, HEADER_SIZE)
+    latency = time.perf_counter() - started
+    size = min(sizes.get(plan.snapshot, 1 << 20), 1 << 20)
+    started = time.perf_counter()
+    client.get(key, 0, size)
+    elapsed = time.perf_counter() - started
+    bandwidth = size / max(elapsed - latency, elapsed / 2, 1e-6)
+    snap = parse_header(header, key)
+    database = snap.db_size * snap.page_size
+    segment_bytes = sum(sizes.get(k, 0) for k in plan.segments)
+    rounds = -(-len(plan.segments) // max(1, parallelism))
+    seconds = (
+        latency
+        + sizes.get(plan.snapshot, 0) / bandwidth
+        + rounds * latency
+        + segment_bytes / (bandwidth * min(parallelism, max(1, len(plan.segments))))
+        + database / Prediction.INTEGRITY_CHECK_BYTES_PER_S
+    )
+    total = sum(sizes.get(k, 0) for k in plan.objects)
+    return Prediction(len(plan.objects), total, latency, bandwidth, database, seconds)
 
 
 Progress = Callable[[int], None]  # called with each number of bytes fetched
@@ -291,7 +300,7 @@ def apply_plan(
 def _build(fetch: _Fetcher, plan: RestorePlan, fd: int, tmp: Path, output: Path) -> str:
     """Stream the plan into `tmp` (open as `fd`), verify it, and link it into place as `output`."""
     with os.fdopen(fd, "r+b") as f, fetch:
-        snapshot = fetch.stream(plan.snapshot)
+        snapshot = fetch.stream(plan.snapshot, plan.sizes.get(plan.snapshot))
         try:
             for chunk in SegmentReader(snapshot, plan.snapshot.key, expect=plan.snapshot).image():
                 f.write(chunk)
@@ -357,8 +366,11 @@ class _Fetcher:
     def __exit__(self, *exc: object) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def stream(self, key: ObjectKey) -> _ReadAhead:
-        """A reader over the whole object: one streaming GET (resumed where it broke), read ahead."""
+    def stream(self, key: ObjectKey, size: int | None = None) -> _ReadAhead | _Ranged:
+        """A reader over the whole object, read ahead: one streaming GET (resumed where it broke), or for a
+        large object of known size, ranged GETs on every worker, in order (_Ranged)."""
+        if size is not None and size > _Ranged.SPLIT_ABOVE and self.workers > 1:
+            return _Ranged(self.pool, self.client, key.key, size=size, workers=self.workers, progress=self.progress)
         return _ReadAhead(_Counted(self.client.stream(key.key), self.progress))
 
     def in_order(self, segments: Sequence[SegmentKey]) -> Iterator[BinaryIO]:
@@ -376,6 +388,65 @@ class _Fetcher:
             body.close()
             raise
         return cast(BinaryIO, body)
+
+
+class _Ranged:
+    """An object fetched as ranged GETs, `workers` at a time, handed back in order.
+
+    One connection rarely fills the pipe to an object store; several do (a large snapshot restores at the
+    bandwidth of all of them). Bytes in flight stay under IN_FLIGHT whatever the parallelism: the chunk
+    shrinks as the workers grow. Each GET is retried on its own (storage/retry.py), so a dropped
+    connection costs one chunk.
+    """
+
+    SPLIT_ABOVE = 8 << 20  # smaller objects come in one GET
+    IN_FLIGHT = 32 << 20
+    MIN_CHUNK = 1 << 20
+
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        client: ReplicaClient,
+        key: str,
+        *,
+        size: int,
+        workers: int,
+        progress: Progress | None,
+    ) -> None:
+        self.pool, self.client, self.key, self.size, self.progress = pool, client, key, size, progress
+        self.chunk = max(self.MIN_CHUNK, min(8 << 20, self.IN_FLIGHT // workers))
+        self._depth = max(1, self.IN_FLIGHT // self.chunk)
+        self._offsets = iter(range(0, size, self.chunk))
+        self._pending: deque[Future[bytes]] = deque()
+        self._current = memoryview(b"")
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self._pending) < self._depth and (offset := next(self._offsets, None)) is not None:
+            self._pending.append(self.pool.submit(self._get, offset))
+
+    def _get(self, offset: int) -> bytes:
+        want = min(self.chunk, self.size - offset)
+        data = self.client.get(self.key, offset, want)
+        if len(data) != want:
+            raise RestoreError(f"{self.key} is shorter than listed ({offset + len(data)} of {self.size} bytes)")
+        if self.progress:
+            self.progress(len(data))
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._current:
+            if not self._pending:
+                return b""
+            self._current = memoryview(self._pending.popleft().result())
+            self._fill()
+        take = len(self._current) if size < 0 else min(size, len(self._current))
+        data, self._current = bytes(self._current[:take]), self._current[take:]
+        return data
+
+    def close(self) -> None:
+        for future in self._pending:
+            future.cancel()
 
 
 def _window(futures: Iterator[Future[T]], size: int) -> Iterator[Future[T]]:

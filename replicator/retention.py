@@ -4,7 +4,8 @@ Rule: point-in-time restore must work for every moment of the window [now - wind
 moment t uses the newest generation started at or before t, from its newest snapshot taken at or before t.
 So for the window's start we find that generation (the base) and that snapshot (the base snapshot) and keep
 everything from there on. Generations started before the base go entirely; in the base generation, older
-snapshots and the segments that only lead up to the base snapshot go. The newest generation always keeps
+snapshots and the segments that start by the base snapshot go (a compacted one that reaches past it too:
+no restore starts before the base any more). The newest generation always keeps
 its newest snapshot and everything after it, so at least one complete generation remains.
 
 Deletions are ordered oldest first, and within a generation snapshots before segments, so that a restore
@@ -44,7 +45,9 @@ def plan_retention(objects: Iterable[ObjectKey], now_us: int, window_us: int) ->
             keep_from = max(snapshots, key=chain_order)
             assert isinstance(keep_from, SnapshotKey)
             doomed += [o for o in items if isinstance(o, SnapshotKey) and chain_order(o) < chain_order(keep_from)]
-            doomed += [o for o in items if isinstance(o, SegmentKey) and o.last_txid <= keep_from.txid]
+            # A segment that starts by the base snapshot leads on from a state nothing restores any more (a
+            # compacted one may reach past it, and is no use either).
+            doomed += [o for o in items if isinstance(o, SegmentKey) and o.first_txid <= keep_from.txid]
     return doomed
 
 

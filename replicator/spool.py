@@ -11,6 +11,9 @@ Rules:
    none. The local disk stays bounded however long an outage lasts.
 3. Objects a reachable replica is still taking are never dropped, so a slow replica or a snapshot larger
    than the limit can take the spool over it: that is said once, and nothing is lost.
+4. Compacted segments (compactor.py) are extras, not links of the chain: each goes to every replica whose
+   chain has reached its end in its generation, and is deleted once every replica still served has it or
+   has moved on to a newer generation. They only speed restores up, so shedding drops them first.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .keys import ObjectKey, SnapshotKey, chain_order
+from .keys import ObjectKey, SegmentKey, SnapshotKey, chain_order
 from .lineage import Position
 from .storage.base import ReplicaClient
 from .storage.file import FileClient
@@ -35,6 +38,7 @@ class Taker(Protocol):
 
     client: ReplicaClient
     position: Position  # how far along the chain the replica has taken the spool
+    held: set[ObjectKey] | None  # what the replica holds, None until it has answered a LIST
     refused: str | None  # no longer served
     failing_since: float | None  # unreachable since then
 
@@ -105,6 +109,7 @@ class Outbox:
         self._orders: list[Position] = []  # sorted: the chain order of each spooled object
         self._keys: dict[Position, ObjectKey] = {}
         self._sizes: dict[Position, int] = {}
+        self._extras: dict[SegmentKey, int] = {}  # compacted segments, with their sizes (rule 4)
         self.uploaders: Sequence[Taker] = []
         self._head: Head | None = None
         self._snapshot_wanted = False
@@ -166,6 +171,26 @@ class Outbox:
             self.budget.changed(delta)
         self.on_news()
 
+    def add_extra(self, key: SegmentKey, size: int) -> None:
+        """A compacted segment is in the spool now (rule 4)."""
+        with self._lock:
+            delta = size - self._extras.get(key, 0)
+            self._extras[key] = size
+        if self.budget is not None:
+            self.budget.changed(delta)
+        self.on_news()
+
+    def next_extra(self, position: Position, held: set[ObjectKey]) -> SegmentKey | None:
+        """The first compacted segment a replica at `position`, holding `held`, should get (rule 4)."""
+        generation, txid, _ = position
+        with self._lock:
+            due = [k for k in self._extras if k.generation == generation and k.last_txid <= txid and k not in held]
+        return min(due, key=lambda k: (k.last_txid, k.level), default=None)
+
+    def extras(self) -> list[SegmentKey]:
+        with self._lock:
+            return list(self._extras)
+
     def next_after(self, position: Position) -> ObjectKey | None:
         with self._lock:
             i = bisect.bisect_right(self._orders, position)
@@ -182,10 +207,25 @@ class Outbox:
             return len(self._orders) - bisect.bisect_right(self._orders, position)
 
     def collect(self) -> None:
-        """Delete spooled objects every replica still served has (rule 1)."""
-        served = [u.position for u in self.uploaders if not u.refused]
+        """Delete spooled objects every replica still served has (rules 1 and 4)."""
+        served = [u for u in self.uploaders if not u.refused]
         if served:
-            self._drop(min(served))
+            self._drop(min(u.position for u in served))
+            self._drop_extras(served)
+
+    def _drop_extras(self, wanting: Sequence[Taker]) -> None:
+        """Delete the compacted segments none of `wanting` still needs (rule 4)."""
+
+        def needs(u: Taker, key: SegmentKey) -> bool:
+            return u.position[0] <= key.generation and (u.held is None or key not in u.held)
+
+        with self._lock:
+            done = [k for k in self._extras if not any(needs(u, k) for u in wanting)]
+            size = sum(self._extras.pop(k) for k in done)
+        if done:
+            self.spool.delete(k.key for k in done)
+            if self.budget is not None:
+                self.budget.changed(-size)
 
     @property
     def sheddable(self) -> int:
@@ -194,7 +234,7 @@ class Outbox:
         if cut is None:
             return 0
         with self._lock:
-            return sum(self._sizes[o] for o in self._orders[: self._cut(cut)])
+            return sum(self._sizes[o] for o in self._orders[: self._cut(cut)]) + sum(self._extras.values())
 
     def shed(self) -> None:
         """Rule 2: drop what only unreachable replicas wait for (they get a fresh snapshot when back).
@@ -204,6 +244,7 @@ class Outbox:
         cut = self._shed_point()
         if cut is None:
             return
+        self._drop_extras([u for u in self.uploaders if not u.refused and u.failing_since is None])
         dropped, size = self._drop(cut)
         if dropped:
             failing = [u.client.url for u in self.uploaders if not u.refused and u.failing_since is not None]

@@ -5,6 +5,7 @@
                          also left by a restore of the latest state (record_restored), so that replication
                          of the restored file continues its generation instead of taking a new snapshot
     spool/generations/…  objects captured but not yet uploaded to every replica (same layout as a replica)
+    cache/generations/…  segments kept for compaction (compactor.py): hard links of what was spooled
 
 Everything is written atomically (temporary file, fsync, rename), so a kill -9 leaves either the old or
 the new version. None of it is trusted blindly: replicate.py checks it against the WAL and the replicas at

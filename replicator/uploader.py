@@ -8,7 +8,8 @@ Rules:
 2. Objects go in chain order (keys.chain_order), and each must continue the replica's chain
    (lineage.continues). Where the next one would not (the replica is new, was wiped or re-created, or
    lost objects), the replica gets the next spooled snapshot instead, and the capture loop is asked for
-   one if none is spooled: a gap is never shipped as if it were continuous.
+   one if none is spooled: a gap is never shipped as if it were continuous. Compacted segments go once
+   the chain is shipped up to their end (spool.py rule 4); they never move the replica's position.
 3. A spooled object is deleted only once every replica still served has it.
 4. While a replica is down, its uploader retries with capped backoff forever; what waits for it stays in
    the spool on disk, never in memory. Idle, an uploader has no wake-up of its own: the outbox wakes it
@@ -150,6 +151,9 @@ class Uploader:
             self._recovered()
             return now
         key = self._next()
+        if key is None and (extra := self.outbox.next_extra(self.position, self.held or set())) is not None:
+            self._send(extra)  # a compacted segment, once the chain is shipped (spool.py rule 4)
+            return now
         if key is None and self._deadline is not None:
             if self._prove():
                 self.done = True
@@ -219,13 +223,16 @@ class Uploader:
             with open(self.outbox.spool.path(key.key), "rb") as f:
                 self.client.put(key.key, f)
         except FileNotFoundError:
-            if self.outbox.has(key):
+            if self.outbox.has(key) or key in self.outbox.extras():
                 raise
             return  # dropped from a full spool while we were down (spool.py's rule 2): `_next` sees the gap
-        self.position = chain_order(key)
-        self._asked = False
         assert self.held is not None
         self.held.add(key)
+        if isinstance(key, keys.SegmentKey) and key.level > 0:
+            self.outbox.collect()
+            return  # not a link of the chain: the position stays
+        self.position = chain_order(key)
+        self._asked = False
         self.outbox.collect()
         if isinstance(key, SnapshotKey):
             self._apply_retention()

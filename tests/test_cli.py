@@ -14,7 +14,7 @@ from replicator_cli.main import cli
 
 from replicator.history import format_time
 
-COMMANDS = ["replicate", "restore", "generations", "snapshots", "wal", "version"]
+COMMANDS = ["replicate", "restore", "verify", "generations", "snapshots", "wal", "version"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -27,10 +27,10 @@ def test_every_subcommand_has_help(command: str) -> None:
 def test_version_reports_sqlite_and_format() -> None:
     result = CliRunner().invoke(cli, ["version"])
     assert result.exit_code == 0
-    assert "sqlite 3." in result.output and "segment format 1" in result.output
+    assert "sqlite 3." in result.output and "segment format 2" in result.output
 
 
-@pytest.mark.parametrize("command", ["restore", "generations", "snapshots", "wal"])
+@pytest.mark.parametrize("command", ["restore", "verify", "generations", "snapshots", "wal"])
 def test_a_bad_replica_url_is_one_line_and_exit_2(command: str) -> None:
     result = CliRunner().invoke(cli, [command, "gs://bucket/prefix", *(["-o", "x.db"] if command == "restore" else [])])
     assert result.exit_code == 2

@@ -12,9 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replicator import segment
-from replicator.compaction import NotARun, merge
+from replicator.compaction import NotARun, merge, plan_compaction, spent
+from replicator.config import DEFAULT_COMPACTION
 from replicator.errors import CorruptSegment
-from replicator.keys import SegmentKey
+from replicator.keys import ObjectKey, SegmentKey, SnapshotKey
+from replicator.restore import plan_restore
 from replicator.segment import Commit, Kind, SegmentHeader, SegmentReader
 
 PS = 512
@@ -146,3 +148,117 @@ def test_merging_a_large_run_holds_page_numbers_not_pages_in_memory() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 4 << 20  # the run's 20,000 pages are 10 MB
+
+
+# -- what to build, and when ----------------------------------------------------------------------------
+
+S = 1_000_000  # microseconds in a second
+
+
+def at(txid: int, second: float, level: int = 0, first: int | None = None) -> SegmentKey:
+    return SegmentKey(GEN, txid if first is None else first, txid, int(second * S), level)
+
+
+def test_a_window_is_merged_once_it_has_passed() -> None:
+    shipped_ = [at(t, t) for t in range(1, 13)]  # one txid a second
+    assert plan_compaction(shipped_, [10 * S], now_us=9 * S) == []
+    [job] = plan_compaction(shipped_, [10 * S], now_us=10 * S)
+    assert job.inputs == tuple(shipped_[:9]) and job.output == at(9, 9, level=1, first=1)
+
+
+def test_levels_above_are_planned_from_the_outputs_below_in_one_call() -> None:
+    shipped_ = [at(t, t) for t in range(1, 65)]
+    jobs = plan_compaction(shipped_, [10 * S, 60 * S], now_us=64 * S)
+    assert [j.level for j in jobs] == [1] * 6 + [2]
+    assert jobs[-1].inputs == tuple(j.output for j in jobs[:6])
+    assert jobs[-1].output == at(59, 59, level=2, first=1)
+
+
+def test_a_window_whose_cover_is_one_object_gets_nothing() -> None:
+    """The same bytes are never stored at two levels."""
+    sparse = [at(1, 5), at(2, 25)]  # one commit in each 10 s window
+    assert plan_compaction(sparse, [10 * S, 60 * S], now_us=70 * S)[-1].inputs == (at(1, 5), at(2, 25))
+    assert plan_compaction([at(1, 5)], [10 * S, 60 * S], now_us=70 * S) == []
+
+
+def test_a_window_already_compacted_is_not_built_again() -> None:
+    shipped_ = [at(t, t) for t in range(1, 10)]
+    assert plan_compaction([*shipped_, at(9, 9, level=1, first=1)], [10 * S], now_us=20 * S) == []
+
+
+def test_a_window_with_a_gap_in_what_is_at_hand_is_skipped() -> None:
+    holed = [at(t, t) for t in (1, 2, 4, 5)]
+    assert plan_compaction(holed, [10 * S], now_us=20 * S) == []
+
+
+def test_what_a_higher_level_covers_or_a_passed_top_window_holds_is_spent() -> None:
+    shipped_ = [at(t, t) for t in range(1, 25)]
+    built = [j.output for j in plan_compaction(shipped_, [10 * S, 60 * S], now_us=25 * S)]
+    held = {*shipped_, *built}
+    assert spent(held, [10 * S, 60 * S], now_us=25 * S) == set(shipped_[:19])
+    assert spent(held, [10 * S, 60 * S], now_us=60 * S) == held
+
+
+def test_a_simulated_day_of_one_second_segments_restores_in_few_requests() -> None:
+    """Issue targets: latest in about 20 GETs, any point of the day in at most 100, with the default levels;
+    every point as precise as without compaction."""
+    levels = [int(s * S) for s in DEFAULT_COMPACTION]
+    day = 86_400
+    built_at: dict[ObjectKey, int] = {SnapshotKey(GEN, 0, 0): 0}
+    cache: set[SegmentKey] = set()
+    for second in range(1, day + 1):
+        key = at(second, second)
+        built_at[key] = second
+        cache.add(key)
+        now = second * S + S // 2
+        if second % 10 == 0:
+            for job in plan_compaction(cache, levels, now):
+                cache.add(job.output)
+                built_at[job.output] = second
+            cache -= spent(cache, levels, now)
+    assert len(cache) <= 10
+    rng = random.Random(5)
+    latest = []
+    for moment in [rng.randrange(3600, day) for _ in range(20)]:
+        plan = plan_restore([k for k, t in built_at.items() if t <= moment])
+        assert plan.txid == moment
+        latest.append(len(plan.objects))
+    assert sum(latest) / len(latest) <= 21 and max(latest) <= 37
+    everything = list(built_at)
+    for _ in range(20):
+        second = rng.randrange(1, day)
+        plan = plan_restore(everything, timestamp_us=second * S + S // 2)
+        assert plan.txid == second
+        assert len(plan.objects) <= 100
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    histories,
+    st.lists(st.integers(0, 30), max_size=12),
+    st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    st.integers(0, 30),
+)
+def test_any_history_restores_the_same_at_any_target_with_or_without_compaction(
+    history: list[Record], cuts: list[int], ratios: list[int], target: int
+) -> None:
+    """Segments ship one record a second; levels of 2 s and multiples merge them; every target restores alike."""
+    parts = dict(shipped(history, cuts))
+    intervals, interval = [], 2 * S // 1000  # the segments' times are 1000 * txid microseconds
+    for ratio in ratios:
+        intervals.append(interval)
+        interval *= ratio + 1
+    objects: dict[ObjectKey, bytes] = {SnapshotKey(GEN, 0, 0): b"", **parts}
+    for job in plan_compaction(parts, intervals, now_us=10**9):
+        out = io.BytesIO()
+        merge(((k, io.BytesIO(objects[k])) for k in job.inputs), out, level=job.level)
+        objects[job.output] = out.getvalue()
+
+    def restored(keys: list[ObjectKey]) -> tuple[int, bytes]:
+        plan = plan_restore(keys, txid=min(target, len(history)))
+        db = bytearray()
+        for key in plan.segments:
+            apply(db, key, objects[key])
+        return plan.txid, bytes(db)
+
+    assert restored(list(objects)) == restored([SnapshotKey(GEN, 0, 0), *parts])

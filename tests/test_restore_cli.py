@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import struct
@@ -58,11 +59,14 @@ def assert_clean_failure(done: subprocess.CompletedProcess[str], says: str, dire
 
 @pytest.fixture
 def replicated(tmp_path: Path) -> tuple[Path, FileClient]:
-    """A small file replica of a database with a few hundred rows (snapshot + several segments)."""
+    """A small file replica of a database with a few hundred rows (snapshot + several segments).
+
+    Without compaction, so that a restore reads every object (the tests damage each one in turn).
+    """
     (tmp_path / "app").mkdir()
     db = tmp_path / "app" / "app.db"
     replica = tmp_path / "replica"
-    repl = Replicator(db, [str(replica)], ("--sync-interval", "100ms")).start()
+    repl = Replicator(db, [str(replica)], ("--sync-interval", "100ms", "--compaction", "none")).start()
     Writer(db, tmp_path / "commits.log").start(count=300, rate=600).wait()
     assert repl.stop() == 0, repl.output
     return db, FileClient(replica)
@@ -114,11 +118,16 @@ def test_restore_reads_the_replica_from_a_config_file(replicated: tuple[Path, Fi
     assert rows(target) == rows(db)
 
 
-def test_dry_run_prints_the_plan_and_fetches_nothing(replicated: tuple[Path, FileClient], out_dir: Path) -> None:
+def test_dry_run_prints_the_plan_its_cost_and_a_predicted_time_and_writes_nothing(
+    replicated: tuple[Path, FileClient], out_dir: Path
+) -> None:
     done = cli("restore", str(replicated[1].root), "--dry-run")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("would restore generation ")
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("would restore generation ")
     assert "snapshot generations/" in done.stdout and "segment  generations/" in done.stdout
+    objects = sum(line.startswith(("  snapshot", "  segment")) for line in lines)
+    assert re.fullmatch(rf"{objects} GETs, .*; predicted \d+\.\d\ds at parallelism 8 \(measured now: .*\)", lines[-1])
     assert list(out_dir.iterdir()) == []
 
 
@@ -164,7 +173,7 @@ def test_point_in_time_by_timestamp_and_by_txid(tmp_path: Path, out_dir: Path, r
     # By position: each segment's last txid, as `replicator wal --json` shows it, restores its own state.
     listing = json.loads(cli("wal", replica.url, "--json", env=replica.env).stdout)
     gen2 = max(r["generation"] for r in listing)
-    for entry in [r for r in listing if r["generation"] == gen2][:3]:
+    for entry in [r for r in listing if r["generation"] == gen2 and r["level"] == 0][:3]:
         out = out_dir / f"txid-{entry['last_txid']}.db"
         args = ("--generation", gen2, "--txid", str(entry["last_txid"]))
         done = cli("restore", replica.url, "-o", str(out), *args, env=replica.env)
@@ -190,7 +199,7 @@ def test_listings_show_generations_snapshots_and_segments(replicated: tuple[Path
     assert table[0].split()[:2] == ["GENERATION", "STARTED"] and gens[0]["generation"] in table[1]
     snaps = json.loads(cli("snapshots", root, "--json").stdout)
     assert [s["txid"] for s in snaps] == [0]
-    segs = json.loads(cli("wal", root, "--json").stdout)
+    segs = [s for s in json.loads(cli("wal", root, "--json").stdout) if s["level"] == 0]  # as shipped: the chain
     assert [s["first_txid"] for s in segs] == [1] + [s["last_txid"] + 1 for s in segs[:-1]]
 
 
@@ -395,19 +404,25 @@ def test_an_unknown_format_version_fails_the_restore(replicated: tuple[Path, Fil
 # -- scale -------------------------------------------------------------------------------------------
 
 
-def test_a_1gb_database_restores_in_under_100mb_of_memory(tmp_path: Path, out_dir: Path) -> None:
+def bulk_database(tmp_path: Path, rows: int, payload: str) -> Path:
+    """An app database of `rows` rows whose payload is the SQL expression `payload` (of x, the row's id)."""
     (tmp_path / "app").mkdir()
     db = tmp_path / "app" / "app.db"
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, payload BLOB, note TEXT)")
     conn.execute(
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1000000) "
-        "INSERT INTO t SELECT x, CASE WHEN x % 2 THEN randomblob(1000) ELSE zeroblob(1000) END, 'n' FROM c"
+        f"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT {rows}) "
+        f"INSERT INTO t SELECT x, {payload}, 'n' FROM c"
     )
     conn.commit()
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
+    return db
+
+
+def test_a_1gb_database_restores_in_under_100mb_of_memory(tmp_path: Path, out_dir: Path) -> None:
+    db = bulk_database(tmp_path, 1_000_000, "CASE WHEN x % 2 THEN randomblob(1000) ELSE zeroblob(1000) END")
     assert db.stat().st_size > 1_000_000_000
     replica = tmp_path / "replica"
     repl = Replicator(db, [str(replica)]).start()
@@ -421,6 +436,42 @@ def test_a_1gb_database_restores_in_under_100mb_of_memory(tmp_path: Path, out_di
     assert conn.execute("SELECT count(*), sum(length(payload)) FROM t").fetchone() == (1_000_000, 1_000_000_000)
     conn.close()
     assert keys.parse(objects(FileClient(replica))[0])  # one snapshot, nothing else needed
+
+
+class CountedGets(FileClient):
+    """A directory replica that records each ranged GET and each streamed one."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.ranges: list[tuple[str, int, int | None]] = []
+        self.streams: list[str] = []
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        self.ranges.append((key, offset, length))
+        return super().get(key, offset, length)
+
+    def stream(self, key: str, offset: int = 0) -> object:  # type: ignore[override]
+        self.streams.append(key)
+        return super().stream(key, offset)
+
+
+def test_a_large_snapshot_comes_in_ranged_gets_on_every_worker(tmp_path: Path, out_dir: Path) -> None:
+    db = bulk_database(tmp_path, 20_000, "randomblob(1000)")
+    replica = tmp_path / "replica"
+    repl = Replicator(db, [str(replica)]).start()
+    assert repl.stop() == 0, repl.output
+    client = CountedGets(replica)
+    [snap] = [k for k in objects(client) if k.endswith(".snap")]
+    size = (replica / snap).stat().st_size
+    assert size > 16 << 20
+
+    restore(client, out_dir / "app.db", parallelism=4)
+    assert rows(out_dir / "app.db") == rows(db)
+    chunk = 8 << 20  # 32 MB in flight at most, 8 MB a request at this parallelism
+    assert [(o, n) for k, o, n in client.ranges if k == snap] == [
+        (o, min(chunk, size - o)) for o in range(0, size, chunk)
+    ]
+    assert snap not in client.streams
 
 
 class _BreaksOnce:

@@ -226,3 +226,15 @@ def test_newest_generation_keeps_its_newest_snapshot_and_everything_after_it(
     doomed = set(plan_retention(objects, now_us, window_us))
     assert last_snapshot not in doomed
     assert not {o for o in mine if isinstance(o, SegmentKey) and o.first_txid > last_snapshot.txid} & doomed
+
+
+def test_compacted_segments_go_with_the_history_they_stand_for() -> None:
+    """One that starts by the base snapshot goes, even if it reaches past it: nothing before the base is restored."""
+    before, across = SegmentKey(1, 1, 3, 10, level=1), SegmentKey(1, 1, 6, 20, level=2)
+    after = SegmentKey(1, 4, 9, 30, level=1)
+    objects = [*GENERATION_1, before, across, after]
+    doomed = set(plan_retention(objects, now_us=122, window_us=100))  # base snapshot: txid 3
+    assert before in doomed and across in doomed and after not in doomed
+    kept = kept_after(objects, 122, 100)
+    for t in range(22, 123):
+        assert plan_restore(kept, timestamp_us=t).txid == plan_restore(objects, timestamp_us=t).txid
