@@ -400,7 +400,7 @@ class _Ranged:
     """
 
     SPLIT_ABOVE = 8 << 20  # smaller objects come in one GET
-    IN_FLIGHT = 32 << 20
+    IN_FLIGHT = 16 << 20
     MIN_CHUNK = 1 << 20
 
     def __init__(

@@ -467,7 +467,7 @@ def test_a_large_snapshot_comes_in_ranged_gets_on_every_worker(tmp_path: Path, o
 
     restore(client, out_dir / "app.db", parallelism=4)
     assert rows(out_dir / "app.db") == rows(db)
-    chunk = 8 << 20  # 32 MB in flight at most, 8 MB a request at this parallelism
+    chunk = 4 << 20  # 16 MB in flight at most, 4 MB a request at this parallelism
     assert [(o, n) for k, o, n in client.ranges if k == snap] == [
         (o, min(chunk, size - o)) for o in range(0, size, chunk)
     ]
