@@ -119,7 +119,7 @@ def restore(
         click.echo(f"  snapshot {plan.snapshot.key} ({listing.sizes[plan.snapshot]} bytes)")
         for seg in plan.segments:
             click.echo(f"  segment  {seg.key} ({listing.sizes[seg]} bytes)")
-        guess = lib.predict(client, plan, listing.sizes, parallelism)
+        guess = lib.predict(client, plan, parallelism)
         click.echo(
             f"{guess.gets} GETs, {human_bytes(guess.bytes)}; predicted {guess.seconds:.2f}s at parallelism "
             f"{parallelism} (measured now: {guess.latency_s * 1000:.0f} ms a request, "

@@ -176,8 +176,8 @@ def spent(held: Iterable[SegmentKey], intervals_us: Sequence[int], now_us: int) 
         return set(have)
     top = intervals_us[-1]
     out = {k for k in have if (k.last_time_us // top + 1) * top <= now_us}
-    by_level = sorted((k for k in have if k.level > 0), key=lambda k: k.level)
+    compacted = [k for k in have if k.level > 0]
     for k in have:
-        if any(c.level > k.level and c.first_txid <= k.first_txid and k.last_txid <= c.last_txid for c in by_level):
+        if any(c.level > k.level and c.first_txid <= k.first_txid and k.last_txid <= c.last_txid for c in compacted):
             out.add(k)
     return out

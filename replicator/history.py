@@ -10,6 +10,7 @@ Rules:
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,19 @@ def by_level(segments: Iterable[SegmentKey]) -> dict[int, list[SegmentKey]]:
     for seg in segments:
         grouped[seg.level].append(seg)
     return dict(grouped)
+
+
+def overlaps(segments: Iterable[SegmentKey]) -> list[tuple[SegmentKey, SegmentKey]]:
+    """Pairs (a, b) of one level where b starts inside a: two writers shipped the same transactions.
+
+    Objects of different levels overlap by design (compaction.py). Per level, sorted by first txid, any
+    overlap shows as one between neighbours, so neighbours are all that is compared.
+    """
+    found = []
+    for run in by_level(segments).values():
+        run.sort(key=lambda k: k.first_txid)
+        found += [(a, b) for a, b in itertools.pairwise(run) if b.first_txid <= a.last_txid]
+    return found
 
 
 def started(items: Iterable[ObjectKey]) -> int | None:

@@ -3,7 +3,8 @@ chain (over a listing), and whether local state still describes the database (ov
 
 Rules:
 1. A replica holds generation G up to txid T only if it holds a snapshot of G and an unbroken run of
-   shipped (level-0) segments from that snapshot to T (restore.plan_restore's rule, checked before we claim anything).
+   shipped (level-0) segments from that snapshot to T (restore.plan_restore's rule, checked before we
+   claim anything).
 2. Objects of ours that we never shipped (a newer generation, or txids beyond ours) mean another writer:
    the replica is not ours to continue.
 3. An upload must continue the replica's chain: a segment starts right after the replica's position,
@@ -14,11 +15,10 @@ Rules:
 from __future__ import annotations
 
 import enum
-import itertools
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from .history import by_level
+from .history import overlaps
 from .keys import ObjectKey, SegmentKey, SnapshotKey, chain_order
 from .state import ShipperState
 from .wal import FrameHeader, WalHeader
@@ -130,9 +130,8 @@ def prove_chain(held: Iterable[ObjectKey], generation: int, txid: int) -> ChainP
         return ChainProof(generation, NOTHING, ReplicaProblem.NO_GENERATION)
     base = max(snapshots, key=chain_order)
     end: Position = chain_order(base)
-    shipped = [
-        k for k in mine if isinstance(k, SegmentKey) and k.level == 0
-    ]  # the chain; compacted ones only speed it up
+    # The chain is what was shipped; compacted segments only speed restores up.
+    shipped = [k for k in mine if isinstance(k, SegmentKey) and k.level == 0]
     starts = {k.first_txid: k for k in shipped}
     while (seg := starts.get(end[1] + 1)) is not None:
         end = chain_order(seg)
@@ -180,12 +179,8 @@ def probe(
 
 def _forked(keys: Iterable[ObjectKey]) -> bool:
     """Whether two segments of one generation and level cover a txid both: two writers continued it from one
-    point (levels overlap each other by design, compaction.py)."""
-    for run in by_level(k for k in keys if isinstance(k, SegmentKey)).values():
-        run.sort(key=lambda k: k.first_txid)
-        if any(b.first_txid <= a.last_txid for a, b in itertools.pairwise(run)):
-            return True
-    return False
+    point."""
+    return bool(overlaps(k for k in keys if isinstance(k, SegmentKey)))
 
 
 def _reach(found: Iterable[ObjectKey]) -> int:

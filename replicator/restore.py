@@ -30,7 +30,7 @@ import apsw
 
 from . import keys, paths
 from .errors import ReplicatorError
-from .history import by_generation, by_level, format_time, last_write, restorable_span, started
+from .history import by_generation, format_time, last_write, overlaps, restorable_span, started
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .segment import HEADER_SIZE, Readable, SegmentReader, parse_header
 from .state import file_digest, record_restored
@@ -155,22 +155,17 @@ def plan_restore(
 
 
 def _fork(
-    segments: Iterable[SegmentKey], snapshot: SnapshotKey, txid: int | None
+    segments: Sequence[SegmentKey], snapshot: SnapshotKey, txid: int | None
 ) -> tuple[SegmentKey, ObjectKey] | None:
-    """Two objects of one level covering a txid both (at or before `txid`): two writers continued the chain.
-
-    Objects of different levels overlap by design; shipped ones (level 0) must also start after the
-    snapshot they continue, where a compacted one may span it.
-    """
-    for level, run in by_level(segments).items():
-        before: ObjectKey | None = snapshot if level == 0 else None
-        reach = snapshot.txid if level == 0 else -1
-        for seg in sorted(run, key=lambda k: k.first_txid):
-            if seg.first_txid <= reach and before is not None and (txid is None or seg.first_txid <= txid):
-                return seg, before
-            if seg.last_txid > reach:
-                reach, before = seg.last_txid, seg
-    return None
+    """Two writers continued the chain at or before `txid`: two objects of one level cover a txid both
+    (history.overlaps), or a shipped segment starts by the snapshot it would continue (a compacted one may
+    span a snapshot)."""
+    pairs: list[tuple[ObjectKey, SegmentKey]] = [
+        (snapshot, k) for k in segments if k.level == 0 and k.first_txid <= snapshot.txid
+    ]
+    pairs += overlaps(segments)
+    found = [(b, a) for a, b in pairs if txid is None or b.first_txid <= txid]
+    return min(found, key=lambda p: p[0].first_txid, default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,12 +204,10 @@ class Prediction:
     INTEGRITY_CHECK_BYTES_PER_S = 900e6  # PRAGMA integrity_check here: ~0.3 s per 270 MB
 
 
-def predict(
-    client: ReplicaClient, plan: RestorePlan, sizes: Mapping[ObjectKey, int], parallelism: int = 8
-) -> Prediction:
+def predict(client: ReplicaClient, plan: RestorePlan, parallelism: int = 8) -> Prediction:
     """Time a tiny and a 1 MiB ranged GET of the plan's snapshot and scale: the snapshot streams alone, the
     segments come `parallelism` at a time, then integrity_check runs over the database."""
-    key = plan.snapshot.key
+    key, sizes = plan.snapshot.key, plan.sizes
     started = time.perf_counter()
     header = client.get(key, 0, HEADER_SIZE)
     latency = time.perf_counter() - started

@@ -151,7 +151,11 @@ class Outbox:
             return wanted
 
     def has(self, key: ObjectKey) -> bool:
-        """Whether an object of this key's position (its chain order) is spooled."""
+        """Whether an object of this key's position (its chain order) is spooled; a compacted segment, which
+        shares its position with the shipped segment that ends where it does, is looked up among the extras."""
+        if isinstance(key, SegmentKey) and key.level > 0:
+            with self._lock:
+                return key in self._extras
         return self.key_at(chain_order(key)) is not None
 
     def key_at(self, order: Position) -> ObjectKey | None:
@@ -186,10 +190,6 @@ class Outbox:
         with self._lock:
             due = [k for k in self._extras if k.generation == generation and k.last_txid <= txid and k not in held]
         return min(due, key=lambda k: (k.last_txid, k.level), default=None)
-
-    def extras(self) -> list[SegmentKey]:
-        with self._lock:
-            return list(self._extras)
 
     def next_after(self, position: Position) -> ObjectKey | None:
         with self._lock:

@@ -223,7 +223,7 @@ class Uploader:
             with open(self.outbox.spool.path(key.key), "rb") as f:
                 self.client.put(key.key, f)
         except FileNotFoundError:
-            if self.outbox.has(key) or key in self.outbox.extras():
+            if self.outbox.has(key):
                 raise
             return  # dropped from a full spool while we were down (spool.py's rule 2): `_next` sees the gap
         assert self.held is not None

@@ -36,7 +36,7 @@ import apsw
 from . import paths
 from .compaction import merge
 from .errors import CorruptSegment, UnsupportedFormatVersion
-from .history import by_generation, by_level
+from .history import by_generation, overlaps
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .restore import Listing, ReplicaEmpty, RestoreError, list_replica, restore
 from .segment import SegmentReader
@@ -126,13 +126,10 @@ def inspect(listing: Listing) -> list[Finding]:
 
 
 def _forks(segments: Iterable[SegmentKey]) -> list[Finding]:
-    found = []
-    for level, run in sorted(by_level(segments).items()):
-        run.sort(key=lambda k: k.first_txid)
-        for a, b in itertools.pairwise(run):
-            if b.first_txid <= a.last_txid:
-                found.append(Finding(Kind.FORK, b.key, f"covers txid {b.first_txid} as {a.key} does (level {level})"))
-    return found
+    return [
+        Finding(Kind.FORK, b.key, f"covers txid {b.first_txid} as {a.key} does (level {b.level})")
+        for a, b in overlaps(segments)
+    ]
 
 
 def _gaps(shipped: Sequence[SegmentKey], snapshots: Sequence[int]) -> list[Finding]:

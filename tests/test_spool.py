@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from replicator.keys import SegmentKey, SnapshotKey, chain_order
+from replicator.keys import ObjectKey, SegmentKey, SnapshotKey, chain_order
 from replicator.lineage import NOTHING, Position
 from replicator.spool import Outbox, SpoolBudget
 from replicator.storage.file import FileClient
@@ -29,6 +29,7 @@ class FakeUploader:
     position: Position = NOTHING
     failing_since: float | None = None
     refused: str | None = None
+    held: set[ObjectKey] | None = None
 
     @property
     def client(self) -> _Client:
@@ -114,3 +115,51 @@ def test_a_database_no_longer_followed_is_not_shed(tmp_path: Path) -> None:
     box.close()
     spool(box, snapshot(0), segment(1), segment(2))
     assert len(spooled(box)) == 3
+
+
+# -- compacted segments: extras beside the chain (rule 4) ---------------------------------------------
+
+
+def compacted(first: int, last: int) -> SegmentKey:
+    return SegmentKey(GENERATION, first, last, 1, level=1)
+
+
+def spool_extra(box: Outbox, key: SegmentKey) -> None:
+    box.spool.put(key.key, b"x" * SIZE)
+    box.add_extra(key, SIZE)
+
+
+def test_a_compacted_segment_is_told_apart_from_the_shipped_one_that_ends_where_it_does(tmp_path: Path) -> None:
+    box = outbox(tmp_path, SpoolBudget(10 * SIZE), "a", FakeUploader("r"))
+    spool(box, segment(4))
+    assert box.has(segment(4)) and not box.has(compacted(1, 4))
+    spool_extra(box, compacted(1, 4))
+    assert box.has(compacted(1, 4))
+
+
+def test_a_compacted_segment_goes_to_a_replica_once_its_chain_reaches_its_end(tmp_path: Path) -> None:
+    box = outbox(tmp_path, SpoolBudget(10 * SIZE), "a")
+    spool_extra(box, compacted(1, 4))
+    assert box.next_extra(chain_order(segment(3)), set()) is None
+    assert box.next_extra(chain_order(segment(4)), set()) == compacted(1, 4)
+    assert box.next_extra(chain_order(segment(4)), {compacted(1, 4)}) is None
+
+
+def test_a_compacted_segment_leaves_the_spool_once_every_replica_has_it_or_moved_on(tmp_path: Path) -> None:
+    has_it = FakeUploader("a", chain_order(segment(4)), held={compacted(1, 4)})
+    lacks_it = FakeUploader("b", chain_order(segment(4)), held=set())
+    box = outbox(tmp_path, SpoolBudget(10 * SIZE), "a", has_it, lacks_it)
+    spool_extra(box, compacted(1, 4))
+    box.collect()
+    assert compacted(1, 4).key in spooled(box)
+    lacks_it.position = (GENERATION + 1, 0, 1)  # re-based on a newer generation: it no longer needs it
+    box.collect()
+    assert compacted(1, 4).key not in spooled(box)
+
+
+def test_over_the_limit_compacted_segments_only_unreachable_replicas_lack_are_shed(tmp_path: Path) -> None:
+    up = FakeUploader("up", chain_order(segment(4)), held={compacted(1, 4)})
+    down = FakeUploader("down", chain_order(segment(4)), failing_since=1.0, held=set())
+    box = outbox(tmp_path, SpoolBudget(SIZE // 2), "a", up, down)
+    spool_extra(box, compacted(1, 4))
+    assert compacted(1, 4).key not in spooled(box)
