@@ -10,8 +10,9 @@ Rules:
    uploaders send it to each replica that holds the range it covers (spool.py's extras). A crash before the
    link leaves it built but unsent: restore then uses the finer objects there, as it does for any window
    that was skipped.
-3. The cache keeps what a higher level may still merge (compaction.spent) and at most CACHE_LIMIT bytes;
-   beyond that the oldest go first (their windows are then skipped, rule 2).
+3. The cache keeps what a higher level may still merge (compaction.spent), at most CACHE_LIMIT bytes and
+   never more than its disk has left free; beyond that the oldest go first (their windows are then skipped,
+   rule 2). It gives way to the spool: when the spool cannot write, the cache is emptied (`shed`).
 4. The cache belongs to one generation: a new one empties it. A compacted segment that cannot be built (a
    full disk, a damaged cache file) is said once and its window skipped: compaction never stops replication.
 5. Building runs on one thread of the process (`start_run`), one database at a time, beside the capture
@@ -177,16 +178,29 @@ class Compactor:
             with open(self.cache.path(key.key), "rb") as f:
                 yield key, f
 
+    def shed(self) -> None:
+        """Rule 3: the spool needs the room; what the cache holds goes (its windows are skipped)."""
+        with self._lock:
+            held = list(self.held)
+        if held:
+            self._failed(f"the spool needs the room: {len(held)} cached segments dropped, their windows skipped")
+            self._drop(held)
+
     def _trim(self) -> None:
-        """Rule 3: the oldest go once the cache is over its limit."""
+        """Rule 3: the oldest go once the cache is over its limit or over what its disk has left free."""
         with self._lock:
             held = dict(self.held)
         total = sum(held.values())
-        if total <= self.limit:
+        try:
+            disk = os.statvfs(self.cache.root)
+            limit = min(self.limit, disk.f_bavail * disk.f_frsize)
+        except OSError:
+            limit = self.limit
+        if total <= limit:
             return
         doomed: list[SegmentKey] = []
         for key in sorted(held, key=lambda k: (k.last_txid, -k.level)):
-            if total <= self.limit:
+            if total <= limit:
                 break
             doomed.append(key)
             total -= held[key]

@@ -616,6 +616,8 @@ class Replicator:
             )
         self._spool_trouble = str(exc)
         self.tracker.spool_failed(time.monotonic())
+        if self.compactor is not None:
+            self.compactor.shed()  # compaction is an optimisation: the spool comes first
 
     def _spool_recovered(self) -> None:
         if self._spool_trouble is None or self._unflushed() or self.tracker.generation_wanted is not None:

@@ -258,7 +258,15 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 def fill(directory: Path) -> Path:
     """Take every free byte of the file system holding `directory`; remove the returned file to free it."""
     filler = directory / "filler"
-    with open(filler, "wb") as f:
+    try:
+        f = open(filler, "wb")  # noqa: SIM115 (closed below)
+    except OSError as exc:  # say what took the room: the test meant to fill it itself
+        disk = os.statvfs(directory)
+        free = (disk.f_bavail * disk.f_frsize, disk.f_favail)
+        raise AssertionError(
+            f"{directory} is full already ({exc}; free bytes, inodes {free}): {_sizes(directory)}"
+        ) from None
+    with f:
         try:
             while True:
                 f.write(bytes(64 << 10))
@@ -266,6 +274,10 @@ def fill(directory: Path) -> Path:
         except OSError:
             pass
     return filler
+
+
+def _sizes(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): p.stat().st_size for p in directory.rglob("*") if p.is_file()}
 
 
 @pytest.fixture

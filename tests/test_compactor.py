@@ -3,7 +3,9 @@ and a segment it cannot build costs only that segment."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -82,6 +84,28 @@ def test_the_cache_stays_under_its_limit_dropping_the_oldest(tmp_path: Path, spo
     for key in keys:
         c.add(key)
     assert sum(c.held.values()) <= 600 and keys[-1] in c.held and keys[0] not in c.held
+
+
+def test_the_cache_never_holds_more_than_its_disk_has_left_free(
+    tmp_path: Path, spool: FileClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = compactor(tmp_path, spool, [])
+    keys = [spool_segment(spool, txid, 0.1 * txid) for txid in range(1, 9)]
+    monkeypatch.setattr(os, "statvfs", lambda _: SimpleNamespace(f_bavail=600, f_frsize=1))  # 600 bytes free
+    for key in keys:
+        c.add(key)
+    assert 0 < sum(c.held.values()) <= 600 and keys[-1] in c.held
+
+
+def test_the_cache_gives_way_when_the_spool_cannot_write(
+    tmp_path: Path, spool: FileClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = compactor(tmp_path, spool, [])
+    for txid in range(1, 5):
+        c.add(spool_segment(spool, txid, 0.1 * txid))
+    c.shed()
+    assert c.held == {} and list(c.cache.list("generations/")) == []
+    assert "the spool needs the room" in caplog.text
 
 
 def test_a_damaged_cache_file_costs_only_its_window_and_is_said_once(

@@ -363,8 +363,12 @@ db, other = sys.argv[1], sys.argv[2]
 conn = sqlite3.connect(db, isolation_level=None)
 for i in range(1, 51):
     conn.execute("INSERT INTO t VALUES (?, randomblob(100), 'old')", (i,))
+for _ in range(200):  # swap only once the WAL is all in the file (as a careful app does), at most 10 s
+    _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if frames == copied:
+        break
+    time.sleep(0.05)
 conn.close()
-time.sleep(2.0)
 os.replace(other, db)
 conn = sqlite3.connect(db, isolation_level=None)
 assert conn.execute("SELECT count(*) FROM t WHERE note = 'swapped'").fetchone()[0] == 30, "reads the old file"
