@@ -146,6 +146,7 @@ class CountingMiddleware:
         path = environ.get("PATH_INFO", "")
         if path.startswith("/_"):
             return self._control(path, environ, start_response)
+        arrived = time.time()
         method = environ.get("REQUEST_METHOD", "")
         op, bucket, key = classify(method, path, environ.get("QUERY_STRING", ""))
         try:
@@ -171,6 +172,7 @@ class CountingMiddleware:
                     "status": status[0],
                     "bytes_in": max(declared, counting.count),
                     "bytes_out": sent,
+                    "arrived": arrived,
                     "done": time.time(),
                 }
             )
@@ -325,7 +327,10 @@ class CountingS3:
         self._request("POST", "/_reset")
 
     def log(self, since: float | None = None) -> list[dict[str, Any]]:
-        """Every logged request in completion order: op, method, bucket, key, range, status, bytes_in/out, done."""
+        """Every logged request in completion order.
+
+        Each: op, method, bucket, key, range, status, bytes_in, bytes_out, arrived and done (epoch s).
+        """
         entries: list[dict[str, Any]] = json.loads(
             self._request("GET", "/_counts" + (f"?since={since!r}" if since else ""))
         )

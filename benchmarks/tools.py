@@ -78,8 +78,11 @@ class Tool:
         """The command that replicates `db` to `replica` until SIGTERM (may write config files into workdir)."""
         raise NotImplementedError
 
-    def restore(self, replica: Replica, output: Path, *, parallelism: int = 8, workdir: Path) -> list[str]:
-        """The command that restores the latest state of `replica` into `output` (which must not exist).
+    def restore(
+        self, replica: Replica, output: Path, *, parallelism: int = 8, workdir: Path, timestamp: str | None = None
+    ) -> list[str]:
+        """The command that restores the latest state of `replica` (or its state at `timestamp`, RFC 3339) into
+        `output` (which must not exist).
 
         Run it with `env=self.env()`.
         """
@@ -192,9 +195,12 @@ class Replicator(Tool):
         cli = [sys.executable, "-m", "replicator_cli"]
         return [*cli, "replicate", "--dir", str(directory), self.url(replica), "--sync-interval", sync_interval]
 
-    def restore(self, replica: Replica, output: Path, *, parallelism: int = 8, workdir: Path) -> list[str]:
+    def restore(
+        self, replica: Replica, output: Path, *, parallelism: int = 8, workdir: Path, timestamp: str | None = None
+    ) -> list[str]:
         cli = [sys.executable, "-m", "replicator_cli"]
-        return [*cli, "restore", self.url(replica), "-o", str(output), "--parallelism", str(parallelism), "-q"]
+        argv = [*cli, "restore", self.url(replica), "-o", str(output), "--parallelism", str(parallelism), "-q"]
+        return argv + ["--timestamp", timestamp] * (timestamp is not None)
 
 
 class Litestream(Tool):
@@ -262,7 +268,9 @@ class Litestream(Tool):
         config.write_text(yaml.safe_dump({"dbs": [{**entry, "replica": rep}]}, sort_keys=False))
         return [str(self.binary), "replicate", "-config", str(config), "-no-expand-env"]
 
-    def restore(self, replica: Replica, output: Path, *, parallelism: int = 8, workdir: Path) -> list[str]:
+    def restore(
+        self, replica: Replica, output: Path, *, parallelism: int = 8, workdir: Path, timestamp: str | None = None
+    ) -> list[str]:
         """`litestream restore -config CFG -o OUT -parallelism N DB_PATH`, via a restore-only config.
 
         A config rather than a replica URL because neither version can put a custom S3 endpoint and path-style
@@ -273,6 +281,7 @@ class Litestream(Tool):
         placeholder = workdir / f"{self.name}-restore-source.db"
         config = self._write_config(workdir / f"{self.name}-restore.yml", placeholder, replica, None)
         flags = ["-config", str(config), "-no-expand-env", "-o", str(output), "-parallelism", str(parallelism)]
+        flags += ["-timestamp", timestamp] * (timestamp is not None)
         return [str(self.binary), "restore", *flags, str(placeholder)]
 
 

@@ -89,6 +89,7 @@ def missing_binaries() -> list[str]:
 @dataclass
 class RgwCluster:
     memstore_bytes: int = 2 << 30
+    rgw_options: str = ""  # more lines for [client.rgw.a], e.g. benchmarks' usage log
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rgw-")))
     endpoint: str = ""
     access_key: str = ""
@@ -98,6 +99,10 @@ class RgwCluster:
     @property
     def conf(self) -> Path:
         return self.dir / "ceph.conf"
+
+    def admin(self, *args: str) -> str:
+        """radosgw-admin's output for `args`."""
+        return self._run("radosgw-admin", *args)
 
     def _run(self, *args: str, timeout: float = 60) -> str:
         done = subprocess.run(
@@ -141,6 +146,7 @@ class RgwCluster:
             _CONF.format(
                 fsid=fsid, mon_port=mon_port, rgw_port=rgw_port, dir=self.dir, memstore_bytes=self.memstore_bytes
             )
+            + self.rgw_options
         )
         deadline = time.monotonic() + timeout
 
