@@ -331,11 +331,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tools", nargs="+", default=["replicator", "0.3.13", "0.5.17"])
     parser.add_argument("--repeat", type=int, default=3, help="timed restores of the latest state per parallelism")
     args = parser.parse_args(argv)
-    results = run(args.minutes, args.servers, args.tools, args.repeat)
-    report = _report(results, args.tools, args.servers)
+    measure(args.minutes, args.servers, args.tools, args.repeat)
+
+
+def measure(minutes: float, servers: list[str], tool_names: list[str], repeat: int) -> None:
+    """Run, print the table and write results/<date>-history-<minutes>m.md and .json."""
+    results = run(minutes, servers, tool_names, repeat)
+    report = _report(results, tool_names, servers)
     print(report)
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}-history-{args.minutes:g}m"
+    stem = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}-history-{minutes:g}m"
     stem.with_suffix(".md").write_text(report)
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
 

@@ -14,6 +14,8 @@ Workloads (workloads.py):
   W3  a 1 GiB database (256 MB with --quick), mixed random/text rows, restored from its snapshot alone;
   W4  a snapshot plus 10 minutes of W1 history (20 s with --quick), restored;
   W5  idle for 5 minutes (30 s with --quick): requests per minute.
+  history  W4 after 60 minutes of W1 (5 with --quick) on moto and on a real Ceph RGW at once, in
+      bench_history.py (its own results file; RGW only where Ceph's packages are installed).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).parent / ".cache"
 PUT_PRICE = 0.005 / 1000  # USD per PUT/LIST at S3 standard public prices
 GET_PRICE = 0.0004 / 1000
-SCENARIOS = ["ceilings", "ship", "w1", "w1-100ms", "sparse", "w5", "w4", "w3"]
+SCENARIOS = ["ceilings", "ship", "w1", "w1-100ms", "sparse", "w5", "w4", "w3", "history"]
 
 
 @dataclass(frozen=True)
@@ -516,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="shorter workloads, one run each (< 10 minutes)")
+    parser.add_argument("--quick", action="store_true", help="shorter workloads, one run each (~20 minutes)")
     parser.add_argument("--full", action="store_true", help="also the 1 GB W2 burst")
     parser.add_argument("--repeat", type=int, help="runs per measurement (default 3, 1 with --quick)")
     parser.add_argument("--only", nargs="*", choices=SCENARIOS, help="a subset")
@@ -616,6 +618,11 @@ def main(argv: list[str] | None = None) -> None:
     # A partial run gets its own file name, so it never overwrites a complete run's results.
     suffix = "-quick" * plan.quick + "-full" * plan.full + "".join(f"-{n}" for n in sorted(only) if args.only)
     _report(results, [t.name for t in tools], plan, suffix)
+    if "history" in only:
+        from . import bench_history
+
+        servers = ["moto", "rgw"] if shutil.which("radosgw") else ["moto"]
+        bench_history.measure(5 if plan.quick else 60, servers, args.tools, plan.repeat)
 
 
 def _ceilings(tmp: Path) -> dict[str, float]:
