@@ -163,26 +163,36 @@ class Lane:
         return f"{self.tool.name} on {self.server.name}"
 
 
-def _stored(lane: Lane) -> int:
-    client = boto3.client("s3", endpoint_url=lane.server.endpoint, region_name=tl.REGION, **_keys())
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=lane.replica.bucket, Prefix=lane.replica.prefix)
+def stored_bytes(client: Any, bucket: str, prefix: str) -> int:
+    """What a replica holds, in bytes (one LIST pass)."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return sum(o["Size"] for page in pages for o in page.get("Contents", []))
 
 
-def _keys() -> dict[str, str]:
-    return {"aws_access_key_id": tl.ACCESS_KEY, "aws_secret_access_key": tl.SECRET_KEY}
-
-
-def _wait_quiet(lane: Lane, quiet: float = 5.0, limit: float = 600.0) -> None:
+def wait_quiet(client: Any, bucket: str, prefix: str, quiet: float = 5.0, limit: float = 600.0) -> None:
+    """Until the replica holds something and has not changed for `quiet` seconds: the tool has caught up."""
     last, since, deadline = -1, time.monotonic(), time.monotonic() + limit
     while time.monotonic() < deadline:
-        size = _stored(lane)
+        size = stored_bytes(client, bucket, prefix)
         if size != last:
             last, since = size, time.monotonic()
         elif size and time.monotonic() - since >= quiet:
             return
         time.sleep(0.5)
-    raise RuntimeError(f"{lane.name}: the replica never settled")
+    raise RuntimeError(f"s3://{bucket}/{prefix} never settled")
+
+
+def _client(lane: Lane) -> Any:
+    keys = {"aws_access_key_id": tl.ACCESS_KEY, "aws_secret_access_key": tl.SECRET_KEY}
+    return boto3.client("s3", endpoint_url=lane.server.endpoint, region_name=tl.REGION, **keys)
+
+
+def _stored(lane: Lane) -> int:
+    return stored_bytes(_client(lane), lane.replica.bucket or "", lane.replica.prefix or "")
+
+
+def _wait_quiet(lane: Lane, quiet: float = 5.0) -> None:
+    wait_quiet(_client(lane), lane.replica.bucket or "", lane.replica.prefix or "", quiet)
 
 
 @contextmanager

@@ -17,7 +17,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,30 +25,13 @@ import boto3
 
 from . import tools as tl
 from . import workloads as wl
+from .bench_history import stored_bytes, wait_quiet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from rgw import RgwCluster
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).parent / ".cache"
-
-
-def _stored(client: object, bucket: str, prefix: str) -> int:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)  # type: ignore[attr-defined]
-    return sum(o["Size"] for page in pages for o in page.get("Contents", []))
-
-
-def _wait_quiet(client: object, bucket: str, prefix: str, quiet: float = 5.0, limit: float = 600.0) -> None:
-    last, since = -1, time.monotonic()
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        size = _stored(client, bucket, prefix)
-        if size != last:
-            last, since = size, time.monotonic()
-        elif size and time.monotonic() - since >= quiet:
-            return
-        time.sleep(0.25)
-    raise RuntimeError(f"s3://{bucket}/{prefix} never settled")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,10 +68,10 @@ def main(argv: list[str] | None = None) -> None:
                 replica = tl.Replica.s3(bucket, tool.name, cluster.endpoint)
                 proc = tool.start(db, replica, sync_interval="1s", workdir=work)
                 try:
-                    _wait_quiet(s3, bucket, tool.name)
+                    wait_quiet(s3, bucket, tool.name)
                 finally:
                     tool.stop(proc)
-                figures: dict[str, list[float]] = {"stored_mb": [_stored(s3, bucket, tool.name) / 1e6]}
+                figures: dict[str, list[float]] = {"stored_mb": [stored_bytes(s3, bucket, tool.name) / 1e6]}
                 out = work / "restored.db"
                 for parallelism in (1, 8):
                     cmd = tool.restore(replica, out, parallelism=parallelism, workdir=work)
