@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from replicator.restore import restore
+from replicator.rebuild import restore
 from replicator.storage import FileClient
 
 BULK = """

@@ -22,7 +22,7 @@ def _source_options(f: Any) -> Any:
 
 
 def _listing(source: str, config: Path | None) -> Any:
-    from replicator.restore import list_replica
+    from replicator.rebuild import list_replica
 
     client, _ = open_source(source, config)
     listing = list_replica(client)

@@ -5,11 +5,17 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .common import GenerationId, Timestamp, Txid, human_bytes, open_source
+
+if TYPE_CHECKING:
+    from replicator.rebuild import RestorePlan
+    from replicator.storage import ReplicaClient
 
 
 @click.command()
@@ -67,9 +73,8 @@ def restore(
     latest state also leaves .NAME-replicator/ beside it, so that `replicate` continues its generation
     instead of uploading a new snapshot (docs/RESTORE.md).
     """
-    from replicator import restore as lib
+    from replicator import rebuild as lib
     from replicator.errors import ReplicatorError
-    from replicator.history import format_time
 
     if timestamp is not None and txid is not None:
         raise click.UsageError("give --timestamp or --txid, not both")
@@ -83,66 +88,99 @@ def restore(
     if output is None and not dry_run:
         raise click.UsageError("give -o OUTPUT (or -c CONFIG with a database path)")
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
-    if output is not None and if_db_not_exists and lib.output_exists(output):
-        say(f"{output} exists; nothing to do (--if-db-not-exists)")
-        return
-    if output is not None and not dry_run:
-        lib.check_output(output.absolute())
-
-    listing = lib.list_replica(client)
-    if listing.foreign:
-        say(
-            f"warning: {len(listing.foreign)} objects in {client.url} are not ours (e.g. {listing.foreign[0]}); ignored"
-        )
-    if not listing.sizes and if_replica_exists:
-        say(f"no replica data at {client.url}; nothing restored (--if-replica-exists)")
-        return
+    target = {"generation": generation, "txid": txid, "timestamp_us": timestamp}
     try:
-        plan = lib.plan_restore(
-            listing.objects,
-            sizes=listing.sizes,
-            generation=generation,
-            txid=txid,
-            timestamp_us=timestamp,
-            now_us=time.time_ns() // 1000,
-        )
+        if dry_run:
+            _dry_run(
+                client,
+                output,
+                parallelism=parallelism,
+                if_db_not_exists=if_db_not_exists,
+                if_replica_exists=if_replica_exists,
+                target=target,
+                say=say,
+            )
+            return
+        assert output is not None
+        show_bar = not quiet and sys.stderr.isatty()
+        with click.progressbar(
+            length=0, label="restoring", file=sys.stderr, show_pos=False, hidden=not show_bar
+        ) as bar:
+            lock = threading.Lock()
+
+            def progress(n: int, total: int) -> None:
+                with lock:
+                    bar.length = total
+                    bar.update(n)
+
+            result = lib.restore(
+                client,
+                output,
+                parallelism=parallelism,
+                if_db_not_exists=if_db_not_exists,
+                if_replica_exists=if_replica_exists,
+                progress=progress,
+                **target,
+            )
     except lib.ReplicaEmpty as exc:
         raise ReplicatorError(f"{client.url}: {exc}; use --if-replica-exists to make that a success") from None
-    total = listing.bytes_of(plan)
+    _say_foreign(client.url, result.foreign, say)
+    if result.skipped is lib.Skipped.DATABASE_EXISTS:
+        say(f"{output} exists; nothing to do (--if-db-not-exists)")
+    elif result.skipped is lib.Skipped.REPLICA_EMPTY:
+        say(f"no replica data at {client.url}; nothing restored (--if-replica-exists)")
+    else:
+        assert result.plan is not None
+        say(f"restored {output}: {_summary(result.plan, result.bytes)} in {result.seconds:.1f}s")
+
+
+def _summary(plan: RestorePlan, total: int) -> str:
+    from replicator.history import format_time
+
     last = plan.segments[-1].last_time_us if plan.segments else plan.snapshot.time_us
-    summary = (
+    return (
         f"generation {plan.generation:016x}, txid {plan.txid} (as of {format_time(last)}), "
         f"{len(plan.objects)} objects, {human_bytes(total)}"
     )
-    if dry_run:
-        click.echo(f"would restore {summary}")
-        click.echo(f"  snapshot {plan.snapshot.key} ({listing.sizes[plan.snapshot]} bytes)")
-        for seg in plan.segments:
-            click.echo(f"  segment  {seg.key} ({listing.sizes[seg]} bytes)")
-        guess = lib.predict(client, plan, parallelism)
-        click.echo(
-            f"{guess.gets} GETs, {human_bytes(guess.bytes)}; predicted {guess.seconds:.2f}s at parallelism "
-            f"{parallelism} (measured now: {guess.latency_s * 1000:.0f} ms a request, "
-            f"{guess.bandwidth / 1e6:.0f} MB/s a stream; integrity_check over {human_bytes(guess.database_bytes)})"
-        )
+
+
+def _say_foreign(url: str, foreign: Sequence[str], say: Callable[[str], None]) -> None:
+    if foreign:
+        say(f"warning: {len(foreign)} objects in {url} are not ours (e.g. {foreign[0]}); ignored")
+
+
+def _dry_run(
+    client: ReplicaClient,
+    output: Path | None,
+    *,
+    parallelism: int,
+    if_db_not_exists: bool,
+    if_replica_exists: bool,
+    target: dict[str, int | None],
+    say: Callable[[str], None],
+) -> None:
+    """What a restore would read, and how long it should take, without writing anything."""
+    from replicator import rebuild as lib
+
+    if output is not None and if_db_not_exists and lib.output_exists(output):
+        say(f"{output} exists; nothing to do (--if-db-not-exists)")
         return
-
-    assert output is not None
-    started = time.monotonic()
-    show_bar = not quiet and sys.stderr.isatty()
-    with click.progressbar(
-        length=total, label="restoring", file=sys.stderr, show_pos=False, hidden=not show_bar
-    ) as bar:
-        lock = threading.Lock()
-
-        def progress(n: int) -> None:
-            with lock:
-                bar.update(n)
-
-        digest = lib.apply_plan(client, plan, output, parallelism=parallelism, progress=progress)
-    if timestamp is None and txid is None and generation is None:
-        lib.leave_state(output, plan, digest)  # `replicate` continues from here instead of a new snapshot
-    say(f"restored {output}: {summary} in {time.monotonic() - started:.1f}s")
+    listing = lib.list_replica(client)
+    _say_foreign(client.url, listing.foreign, say)
+    if not listing.sizes and if_replica_exists:
+        say(f"no replica data at {client.url}; nothing restored (--if-replica-exists)")
+        return
+    plan = lib.plan_restore(listing.objects, sizes=listing.sizes, now_us=time.time_ns() // 1000, **target)
+    click.echo(f"would restore {_summary(plan, listing.bytes_of(plan))}")
+    click.echo(f"  snapshot {plan.snapshot.key} ({listing.sizes[plan.snapshot]} bytes)")
+    for seg in plan.segments:
+        click.echo(f"  segment  {seg.key} ({listing.sizes[seg]} bytes)")
+    guess = lib.predict(client, plan, parallelism)
+    click.echo(
+        f"{guess.gets} GETs, {human_bytes(guess.bytes)}; predicted {guess.seconds:.2f}s at parallelism "
+        f"{parallelism} (measured now: {guess.latency_s * 1000:.0f} ms a request, "
+        f"{guess.bandwidth / 1e6:.0f} MB/s a stream; integrity_check over {human_bytes(guess.database_bytes)})"
+    )
 
 
 def _restore_directory(source: str, output: Path, parallelism: int, if_db_not_exists: bool, quiet: bool) -> None:

@@ -1,14 +1,30 @@
 """replicator: streaming replication of SQLite databases to object storage.
 
-The library never prints and never exits: it raises the errors in `replicator.errors`, which the CLI
-(`replicator_cli`) turns into one-line messages and exit codes.
+The public API (docs/API.md): `restore`, with its `RestoreResult` and `Skipped` (and `ReplicaEmpty`, raised
+when there is nothing to restore), and the errors in `replicator.errors`. The library never prints and never
+exits: it raises those errors, which the CLI (`replicator_cli`) turns into one-line messages and exit codes.
+
+Names are loaded when first used: `import replicator` stays cheap, because restore runs in our users'
+entrypoints and its start-up is their boot time.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-def __getattr__(name: str) -> str:
-    """`__version__`, looked up when asked: importlib.metadata costs ~20 ms of every start-up (restore's too)."""
+if TYPE_CHECKING:
+    from .api import restore
+    from .rebuild import ReplicaEmpty, RestoreResult, Skipped
+
+__all__ = ["ReplicaEmpty", "RestoreResult", "Skipped", "restore"]
+_WHERE = {"restore": ".api", "RestoreResult": ".rebuild", "Skipped": ".rebuild", "ReplicaEmpty": ".rebuild"}
+
+
+def __getattr__(name: str) -> Any:
+    """The public names on first use, and `__version__` (importlib.metadata costs ~20 ms of a start-up)."""
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name], __name__), name)
     if name != "__version__":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from importlib.metadata import PackageNotFoundError, version

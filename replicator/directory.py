@@ -25,7 +25,7 @@ from . import keys
 from .config import DirectoryConfig, replica_url_for
 from .errors import ReplicatorError
 from .ownership import OWNER_KEY
-from .restore import RestorePlan, output_exists, restore
+from .rebuild import RestorePlan, restore
 from .sqlite import SQLITE_MAGIC
 from .storage import ReplicaClient, check_key
 
@@ -149,18 +149,19 @@ def restore_all(
 
     def one(name: str) -> None:
         target = output / name
-        if if_db_not_exists and output_exists(target):
-            skipped.append(name)
-            return
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            plan = restore(opener(replica_url_for(base_url, name)), target, parallelism=2)
+            client = opener(replica_url_for(base_url, name))
+            done = restore(client, target, parallelism=2, if_db_not_exists=if_db_not_exists)
         except ReplicatorError as exc:
             failed.append((name, exc))
         except OSError as exc:
             failed.append((name, ReplicatorError(f"cannot create {target.parent}: {exc.strerror or exc}")))
         else:
-            restored.append((name, plan))
+            if done.plan is None:
+                skipped.append(name)
+            else:
+                restored.append((name, done.plan))
 
     with ThreadPoolExecutor(max(1, parallelism), thread_name_prefix="restore") as pool:
         list(pool.map(one, names))

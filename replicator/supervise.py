@@ -34,8 +34,7 @@ from pathlib import Path
 
 from . import directory
 from .config import DirectoryConfig
-from .replicate import Replicator
-from .restore import (
+from .rebuild import (
     ReplicaEmpty,
     RestoreError,
     RestorePlan,
@@ -45,6 +44,7 @@ from .restore import (
     output_exists,
     plan_restore,
 )
+from .replicate import Replicator
 from .storage import ReplicaClient
 from .store import Store
 

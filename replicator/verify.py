@@ -38,7 +38,7 @@ from .compaction import merge
 from .errors import CorruptSegment, UnsupportedFormatVersion
 from .history import by_generation, overlaps
 from .keys import ObjectKey, SegmentKey, SnapshotKey
-from .restore import Listing, ReplicaEmpty, RestoreError, list_replica, restore
+from .rebuild import Listing, ReplicaEmpty, RestoreError, list_replica, restore
 from .segment import SegmentReader
 from .storage import ReplicaClient
 
@@ -281,7 +281,7 @@ def _drill(client: ReplicaClient, tmp: Path, parallelism: int, sentinel: str | N
     out = tmp / "drill.db"
     started = time.perf_counter()
     try:
-        plan = restore(client, out, parallelism=parallelism)
+        plan = restore(client, out, parallelism=parallelism).plan
     except ReplicaEmpty:
         return  # said by inspect
     except (RestoreError, CorruptSegment, UnsupportedFormatVersion) as exc:
@@ -299,4 +299,5 @@ def _drill(client: ReplicaClient, tmp: Path, parallelism: int, sentinel: str | N
             conn.close()
         if rows == []:
             report.findings.append(Finding(Kind.DRILL_FAILED, "", "the sentinel query returned no rows"))
+    assert plan is not None  # asked for no leniency: a restore rebuilds or raises
     report.drill = Drill(plan.txid, plan.generation, seconds, rows)

@@ -285,3 +285,25 @@ def app_db(tmp_path: Path) -> Path:
     """Where the app keeps its database: its own directory, as in a container."""
     (tmp_path / "app").mkdir()
     return tmp_path / "app" / "app.db"
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> tuple[Path, FileClient]:
+    """A small file replica of a database with a few hundred rows (snapshot + several segments).
+
+    Without compaction, so that a restore reads every object (the tests damage each one in turn).
+    """
+    (tmp_path / "app").mkdir()
+    db = tmp_path / "app" / "app.db"
+    replica = tmp_path / "replica"
+    repl = harness.Replicator(db, [str(replica)], ("--sync-interval", "100ms", "--compaction", "none")).start()
+    harness.Writer(db, tmp_path / "commits.log").start(count=300, rate=600).wait()
+    assert repl.stop() == 0, repl.output
+    return db, FileClient(replica)
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "out"
+    path.mkdir()
+    return path

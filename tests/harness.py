@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from replicator import keys
 from replicator.config import DatabaseConfig, DirectoryConfig, Settings, database_from_environment, read_config
 from replicator.keys import ObjectKey, SnapshotKey
-from replicator.restore import apply_plan, list_replica, plan_restore, restore
+from replicator.rebuild import apply_plan, list_replica, plan_restore, restore
 from replicator.storage import ReplicaClient
 
 WRITER = Path(__file__).parent / "apps" / "writer.py"

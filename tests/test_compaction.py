@@ -16,7 +16,7 @@ from replicator.compaction import NotARun, merge, plan_compaction, spent
 from replicator.config import DEFAULT_COMPACTION
 from replicator.errors import CorruptSegment
 from replicator.keys import ObjectKey, SegmentKey, SnapshotKey
-from replicator.restore import plan_restore
+from replicator.rebuild import plan_restore
 from replicator.segment import Commit, Kind, SegmentHeader, SegmentReader
 
 PS = 512

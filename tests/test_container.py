@@ -42,7 +42,7 @@ from containers import (
     wait_until,
 )
 
-from replicator.restore import restore
+from replicator.rebuild import restore
 
 pytestmark = pytest.mark.timeout(600)  # the first test also pays for the base image and the builds
 

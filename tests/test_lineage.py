@@ -20,7 +20,7 @@ from replicator.lineage import (
     probe,
     prove_chain,
 )
-from replicator.restore import ReplicaEmpty, RestoreError, plan_restore
+from replicator.rebuild import ReplicaEmpty, RestoreError, plan_restore
 from replicator.state import ShipperState, WalPosition
 from replicator.storage import MemoryClient
 from replicator.wal import FrameHeader, WalHeader

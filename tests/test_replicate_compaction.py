@@ -12,7 +12,7 @@ from conftest import Replica
 from harness import Replicator, Writer, inventory, restored_rows, rows
 
 from replicator.keys import SegmentKey, SnapshotKey
-from replicator.restore import list_replica, plan_restore
+from replicator.rebuild import list_replica, plan_restore
 from replicator.storage import MemoryClient
 from replicator.storage.base import ReplicaClient
 

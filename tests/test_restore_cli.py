@@ -22,7 +22,7 @@ from harness import Replicator, Writer, cli, generations, restored_rows, rows
 
 from replicator import keys, segment
 from replicator.errors import TransientStorageError
-from replicator.restore import restore
+from replicator.rebuild import restore
 from replicator.storage import FileClient, RetryingClient
 
 # Runs the CLI and reports its own peak RSS. VmHWM belongs to this process's address space; getrusage's
@@ -55,28 +55,6 @@ def assert_clean_failure(done: subprocess.CompletedProcess[str], says: str, dire
     assert "Traceback" not in done.stderr, done.stderr
     assert says in done.stderr, done.stderr
     assert [p.name for p in directory.iterdir()] == [], list(directory.iterdir())
-
-
-@pytest.fixture
-def replicated(tmp_path: Path) -> tuple[Path, FileClient]:
-    """A small file replica of a database with a few hundred rows (snapshot + several segments).
-
-    Without compaction, so that a restore reads every object (the tests damage each one in turn).
-    """
-    (tmp_path / "app").mkdir()
-    db = tmp_path / "app" / "app.db"
-    replica = tmp_path / "replica"
-    repl = Replicator(db, [str(replica)], ("--sync-interval", "100ms", "--compaction", "none")).start()
-    Writer(db, tmp_path / "commits.log").start(count=300, rate=600).wait()
-    assert repl.stop() == 0, repl.output
-    return db, FileClient(replica)
-
-
-@pytest.fixture
-def out_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "out"
-    path.mkdir()
-    return path
 
 
 # -- boot restore -----------------------------------------------------------------------------------

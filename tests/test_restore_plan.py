@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replicator.keys import ObjectKey, SegmentKey, SnapshotKey
-from replicator.restore import ReplicaEmpty, RestoreError, RestorePlan, plan_restore
+from replicator.rebuild import ReplicaEmpty, RestoreError, RestorePlan, plan_restore
 
 
 def snap(generation: int, txid: int, time_us: int) -> SnapshotKey:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replicator.keys import ObjectKey, SegmentKey, SnapshotKey
-from replicator.restore import RestoreError, RestorePlan, plan_restore
+from replicator.rebuild import RestoreError, RestorePlan, plan_restore
 from replicator.retention import plan_retention
 
 

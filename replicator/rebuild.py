@@ -13,6 +13,7 @@ is removed: no output is ever half-written.
 
 from __future__ import annotations
 
+import enum
 import os
 import queue
 import shutil
@@ -531,15 +532,73 @@ def _check_integrity(path: Path) -> None:
         raise RestoreError(f"the restored database fails integrity_check: {'; '.join(map(str, result[:3]))}")
 
 
-def restore(client: ReplicaClient, output: Path, *, parallelism: int = 8, **target: int | None) -> RestorePlan:
-    """Plan and apply: the latest state, or the one at `txid=` / `timestamp_us=` / in `generation=`."""
+class Skipped(enum.Enum):
+    """Why a restore asked to be lenient did nothing (and succeeded)."""
+
+    DATABASE_EXISTS = "the database exists (if_db_not_exists)"
+    REPLICA_EMPTY = "the replica holds nothing (if_replica_exists)"
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What a restore did: the state it rebuilt (`plan`), or why it did nothing (`skipped`)."""
+
+    path: Path
+    plan: RestorePlan | None = None
+    skipped: Skipped | None = None
+    bytes: int = 0  # read from the replica
+    seconds: float = 0.0
+    foreign: tuple[str, ...] = ()  # keys under the replica's prefix that are not ours (ignored)
+
+    @property
+    def restored(self) -> bool:
+        return self.plan is not None
+
+    @property
+    def txid(self) -> int | None:
+        return self.plan.txid if self.plan else None
+
+    @property
+    def generation(self) -> int | None:
+        return self.plan.generation if self.plan else None
+
+    @property
+    def as_of_us(self) -> int | None:
+        """When the last transaction restored was captured (microseconds since the epoch)."""
+        if self.plan is None:
+            return None
+        return self.plan.segments[-1].last_time_us if self.plan.segments else self.plan.snapshot.time_us
+
+
+def restore(
+    client: ReplicaClient,
+    output: Path,
+    *,
+    parallelism: int = 8,
+    if_db_not_exists: bool = False,
+    if_replica_exists: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    **target: int | None,
+) -> RestoreResult:
+    """Plan and apply: the latest state, or the one at `txid=` / `timestamp_us=` / in `generation=`.
+
+    `progress(fetched, total)` is called with each number of bytes read and the plan's total. A restore of
+    the latest state also leaves the state `replicate` continues from (leave_state).
+    """
+    if if_db_not_exists and output_exists(output):
+        return RestoreResult(output, skipped=Skipped.DATABASE_EXISTS)
     check_output(output.absolute())
+    started_at = time.monotonic()
     listing = list_replica(client)
+    if not listing.sizes and if_replica_exists:
+        return RestoreResult(output, skipped=Skipped.REPLICA_EMPTY, foreign=tuple(listing.foreign))
     plan = plan_restore(listing.objects, sizes=listing.sizes, now_us=time.time_ns() // 1000, **target)
-    digest = apply_plan(client, plan, output, parallelism=parallelism)
+    total = listing.bytes_of(plan)
+    counted = None if progress is None else (lambda n: progress(n, total))
+    digest = apply_plan(client, plan, output, parallelism=parallelism, progress=counted)
     if not any(v is not None for v in target.values()):
         leave_state(output, plan, digest)
-    return plan
+    return RestoreResult(output, plan, None, total, time.monotonic() - started_at, tuple(listing.foreign))
 
 
 def leave_state(output: Path, plan: RestorePlan, sha256: str) -> bool:
