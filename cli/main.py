@@ -8,18 +8,21 @@ from typing import Any
 import click
 
 import replicator
+from replicator.barrier import WaitTimeout
 from replicator.errors import ConfigError, FormatError, ReplicatorError, StorageError
 
 from .listing import generations, snapshots, wal
 from .replicate import replicate
 from .restore import restore
 from .verify import verify
+from .wait import wait
 
 # Stable exit codes for scripts: 1 generic failure, 2 usage (click's own), then one per problem class.
 EXIT_CODES: list[tuple[type[ReplicatorError], int]] = [
     (ConfigError, 2),
     (StorageError, 3),
     (FormatError, 4),
+    (WaitTimeout, 5),
     (ReplicatorError, 1),
 ]
 
@@ -61,5 +64,5 @@ def version() -> None:
     click.echo(f"segment format {FORMAT_VERSION}")
 
 
-for command in (replicate, restore, verify, generations, snapshots, wal):
+for command in (replicate, restore, verify, wait, generations, snapshots, wal):
     cli.add_command(command)

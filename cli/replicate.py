@@ -99,6 +99,7 @@ def replicate(
     """
     from replicator.config import DirectoryConfig, Settings, resolve
     from replicator.errors import ReplicatorError
+    from replicator.process import follow_lifeline
     from replicator.replicate import Replicator
     from replicator.spool import SpoolBudget
     from replicator.store import Store
@@ -142,6 +143,7 @@ def replicate(
     else:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: store.stop())
+        follow_lifeline(store.stop)  # run by the API's Replicator: stop when it lets go
         failures = store.run()
     for db, exc in failures:
         if isinstance(exc, ReplicatorError):

@@ -1,7 +1,9 @@
 """replicator: streaming replication of SQLite databases to object storage.
 
 The public API (docs/API.md): `restore`, with its `RestoreResult` and `Skipped` (and `ReplicaEmpty`, raised
-when there is nothing to restore), and the errors in `replicator.errors`. The library never prints and never
+when there is nothing to restore); `Replicator`, replication in a supervised child process; `wait`, the
+durability barrier, with its `Position` (and `WaitTimeout`, `WaitFailed`, `NotRunning`); and the errors in
+`replicator.errors`. The library never prints and never
 exits: it raises those errors, which the CLI (`replicator_cli`) turns into one-line messages and exit codes.
 
 Names are loaded when first used: `import replicator` stays cheap, because restore runs in our users'
@@ -14,11 +16,38 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import restore
+    from .api import restore, wait
+    from .barrier import Position, WaitFailed, WaitTimeout
+    from .control import NotRunning
+    from .process import Replicator, ReplicatorExited
     from .rebuild import ReplicaEmpty, RestoreResult, Skipped
 
-__all__ = ["ReplicaEmpty", "RestoreResult", "Skipped", "restore"]
-_WHERE = {"restore": ".api", "RestoreResult": ".rebuild", "Skipped": ".rebuild", "ReplicaEmpty": ".rebuild"}
+__all__ = [
+    "NotRunning",
+    "Position",
+    "ReplicaEmpty",
+    "Replicator",
+    "ReplicatorExited",
+    "RestoreResult",
+    "Skipped",
+    "WaitFailed",
+    "WaitTimeout",
+    "restore",
+    "wait",
+]
+_WHERE = {
+    "restore": ".api",
+    "wait": ".api",
+    "RestoreResult": ".rebuild",
+    "Skipped": ".rebuild",
+    "ReplicaEmpty": ".rebuild",
+    "Replicator": ".process",
+    "ReplicatorExited": ".process",
+    "Position": ".barrier",
+    "WaitTimeout": ".barrier",
+    "WaitFailed": ".barrier",
+    "NotRunning": ".control",
+}
 
 
 def __getattr__(name: str) -> Any:

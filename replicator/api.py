@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .barrier import Position
 from .errors import ConfigError
-from .rebuild import RestoreResult
+
+if TYPE_CHECKING:
+    from .rebuild import RestoreResult
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -53,3 +57,24 @@ def restore(
         timestamp_us=at_us,
         txid=txid,
     )
+
+
+def wait(db: str | os.PathLike[str], *, txid: int | None = None, timeout: float | None = None) -> Position:
+    """The durability barrier, from any process: returns once everything committed to `db` before the call
+    (or up to `txid`) is durably on every replica, and says where that is.
+
+    It asks the replicator running for `db` (`replicator replicate`, its `--exec`, or a `Replicator`) over
+    the database's control socket, and rides its normal upload cadence: it forces no extra upload. Raises
+    WaitTimeout after `timeout` seconds (nothing is lost: it is still being shipped), WaitFailed if it can
+    never be met (the replicator stopped, a replica refuses us), NotRunning if no replicator runs for `db`.
+    """
+    from . import control
+    from .state import StateDir
+
+    if timeout is not None and timeout < 0:
+        raise ConfigError(f"timeout must not be negative, not {timeout}")
+    socket = StateDir(Path(db).resolve()).control
+    reply = control.request(
+        socket, {"op": "wait", "txid": txid, "timeout": timeout}, timeout=None if timeout is None else timeout + 10
+    )
+    return Position(int(reply["generation"], 16), int(reply["txid"]))

@@ -47,13 +47,16 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import apsw
 
 from . import keys, ownership, wal
+from .barrier import Barrier, Position, Replica, WaitFailed
 from .capture import Capture, FileGone, now_us
 from .compactor import Compactor
 from .config import Settings
+from .control import ControlServer
 from .errors import ReplicatorError, StorageError, TransientStorageError
 from .history import format_time
 from .keys import ObjectKey, SegmentKey, SnapshotKey
@@ -132,7 +135,7 @@ class Replicator:
             else None
         )
         if self.compactor is not None:
-            self.compactor.on_done = self._compaction_done
+            self.compactor.on_done = self._step_soon
         self.uploaders: list[Uploader] = []
         self.db: Database | None = None
         self.wal_file = WalFile(Path(f"{self.db_path}-wal"))  # opened lazily, once per open database
@@ -149,7 +152,10 @@ class Replicator:
         self.halted = False  # set by `step` once stopping is due: `finish` comes next
         self.fingerprint: tuple[tuple[int, int, int] | None, ...] = ()  # files_fingerprint() as a step began
         self.on_uploaders: Callable[[], None] = lambda: None  # the store schedules them (store.py)
+        self.control: ControlServer | None = None  # set by the store: serves our socket while we hold the lock
         self.following = threading.Event()  # set once the database is followed, or waited for (supervise.py)
+        self.barrier = Barrier()
+        self.barrier.on_ask = self._step_soon
         self._locked = False
         self._waiting_said = False  # "waiting for ... to be created" was logged
         self._open_delay = 0.05  # backoff while the app holds its lock
@@ -187,6 +193,51 @@ class Replicator:
     def capture_not_before(self) -> float:
         """When a commit could next be captured (tracker.capture_not_before); -inf while not following."""
         return self.tracker.capture_not_before if self.db is not None else float("-inf")
+
+    def wait(self, txid: int | None = None, timeout: float | None = None) -> Position:
+        """The durability barrier (barrier.py): returns once every replica holds what the app committed before
+        the call (or `txid` of the current generation); raises WaitTimeout or WaitFailed. Any thread."""
+        target = None
+        if txid is not None:
+            state = self.state
+            if state is None:
+                raise WaitFailed(f"{self.db_path} has no replicated history yet")
+            target = Position(state.generation, txid)
+        return self.barrier.wait(self._replicas, target=target, timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        """Where this database and each replica are (control.py's status request). Any thread."""
+        state = self.state
+        return {
+            "database": str(self.db_path),
+            "pid": os.getpid(),
+            "following": self.following.is_set(),  # the database is followed, or waited for until created
+            "generation": f"{state.generation:016x}" if state is not None else None,
+            "txid": state.txid if state is not None else None,
+            "replicas": [
+                {
+                    "url": r.url,
+                    "generation": f"{r.held.generation:016x}" if r.held and r.held.generation >= 0 else None,
+                    "txid": r.held.txid if r.held and r.held.generation >= 0 else None,
+                    "refused": r.refused,
+                }
+                for r in self._replicas()
+            ],
+        }
+
+    def _replicas(self) -> list[Replica]:
+        uploaders = self.uploaders
+        if not uploaders:
+            return [Replica(c.url, None, None) for c in self.clients]
+        return [Replica(u.client.url, Position(*u.position[:2]), u.refused) for u in uploaders]
+
+    def _caught_up(self, epoch: int, index: wal.WalIndexHeader | None) -> None:
+        """Tell the barrier where the head is, if everything `index` calls committed is spooled."""
+        state = self.state
+        if state is None or self._unflushed() or self.tracker.generation_wanted is not None:
+            return
+        if self.tracker.holds(index):
+            self.barrier.caught_up(epoch, Position(state.generation, state.txid))
 
     # -- driven by the store --------------------------------------------------------------------------
 
@@ -241,15 +292,19 @@ class Replicator:
         finally:
             self._release()
 
-    def _compaction_done(self) -> None:
-        self.outbox.on_request()  # whatever the store set it to by now: our step looks at the schedule again
+    def _step_soon(self) -> None:
+        """From any thread (a compaction finished, a wait was asked): the store steps us again soon."""
+        self.outbox.on_request()  # whatever the store set it to by now
 
     def _release(self) -> None:
+        self.barrier.close(f"the replicator of {self.db_path} stopped")
         if self.compactor is not None:
             self.compactor.stop()
         self.outbox.close()
         self._close()
         if self._locked:
+            if self.control is not None:
+                self.control.remove(self.state_dir.control)
             self.state_dir.unlock()
             self._locked = False
 
@@ -261,6 +316,8 @@ class Replicator:
         check_database_file(self.db_path)  # refuse a file that is not SQLite before creating anything beside it
         self.state_dir.lock()
         self._locked = True
+        if self.control is not None:
+            self.control.add(self.state_dir.control, self)
         self._waiting_said = False
         return True
 
@@ -315,6 +372,8 @@ class Replicator:
             )
             for c in self.clients
         ]
+        for u in self.uploaders:
+            u.on_progress = self.barrier.progressed
         self.outbox.uploaders = self.uploaders
         self.on_uploaders()
 
@@ -464,12 +523,14 @@ class Replicator:
         """One look at the database: do what the tracker says is due, and say when to look again."""
         self._check_uploaders()
         assert self.db is not None
+        epoch = self.barrier.epoch()  # before the index is read: the waits asked so far (barrier.py rule 1)
         try:
             gone = self._gone_reason()
             if gone is not None:
                 raise FileGone(gone)
-            self._act(now)
+            index = self._act(now)
             self._spool_recovered()
+            self._caught_up(epoch, index)
         except Discontinuity as exc:
             self._begin_generation(exc.cause)
         except DatabaseBusy:
@@ -485,6 +546,9 @@ class Replicator:
             return now + 1.0
         now = time.monotonic()
         wake = self.tracker.wake_at(now, unflushed=self._unflushed())
+        if self.barrier.untargeted():
+            soon = now + self.settings.poll_interval
+            wake = soon if wake is None else min(wake, soon)
         if wake is None:
             self.db.release_writer()  # idle until a commit: its memory is better spent on busy databases
         return self._snapshot_wake(now, wake)
@@ -540,8 +604,10 @@ class Replicator:
             return "left without its WAL (the -wal file was deleted or replaced)"
         return None
 
-    def _act(self, now: float) -> None:
-        """Carry out the tracker's action for this poll, then a snapshot that is due or was asked for."""
+    def _act(self, now: float) -> wal.WalIndexHeader | None:
+        """Carry out the tracker's action for this poll, then a snapshot that is due or was asked for.
+
+        Returns SQLite's index as read before acting: what the app had committed by then."""
         db = self.db
         assert db is not None
         tracker = self.tracker
@@ -550,7 +616,7 @@ class Replicator:
         if action is Action.RETRY_GENERATION:
             assert tracker.generation_wanted is not None
             self._begin_generation(tracker.generation_wanted)
-            return
+            return index
         if action is Action.FINISH_CHECKPOINT:
             self.capture.finish_checkpoint(db)
         elif action is Action.CHECKPOINT or action is Action.IDLE_CHECKPOINT:
@@ -572,6 +638,7 @@ class Replicator:
             self._maybe_snapshot()
         if self.compactor is not None and self.compactor.due(now_us()):
             self.compactor.start_run(now_us())
+        return index
 
     def _unflushed(self) -> bool:
         """Captured transactions wait for the spool (never after letting go of a file: its pages went with it)."""
@@ -769,8 +836,14 @@ class Replicator:
                 time.sleep(min(self._open_delay, max(0.0, deadline - time.monotonic())))
         self._captured_us = now_us()
         if self.db is not None:
+            epoch = self.barrier.epoch()
+            try:
+                index = self.db.read_index()
+            except OSError:
+                index = None  # proves nothing (tracker.holds)
             self._final_capture(deadline)
             self.wal_file.forget()
+            self._caught_up(epoch, index)
         self._drain(deadline)
         if self.db is not None and self.state is not None:
             try:

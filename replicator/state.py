@@ -91,6 +91,7 @@ class StateDir:
         self.db_path = db_path
         self.path = db_path.parent / f".{db_path.name}-replicator"
         self.spool = FileClient(self.path / "spool")
+        self.control = self.path / "control.sock"  # control.py: the running replicator's socket
         self._lock_fd: int | None = None
 
     def lock(self) -> None:

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 from . import directory as directory_
 from .config import DirectoryConfig
+from .control import ControlServer
 from .errors import ReplicatorError
 from .replicate import Replicator
 from .uploader import Uploader
@@ -118,6 +119,7 @@ class Store:
         self._workers = workers
         self._watcher = Watcher()
         self._stopping = threading.Event()
+        self._control = ControlServer()  # every database's control socket (control.py)
         # Pool threads and uploaders talk to the schedule only through these two queues (and `_watcher.wake`).
         self._results: queue.SimpleQueue[tuple[_Entry | _Upload, str, float | None, BaseException | None]] = (
             queue.SimpleQueue()
@@ -168,6 +170,7 @@ class Store:
 
         entry.replicator.poke = poke
         entry.replicator.on_uploaders = uploaders
+        entry.replicator.control = self._control
 
     # -- the schedule (only the thread in `run` touches entries) -------------------------------------------
 
@@ -193,6 +196,7 @@ class Store:
         next_sweep = time.monotonic() + SWEEP
         events_at = 0.0  # file events are read again from then on
         gap = EVENT_GAP
+        self._control.start()
         try:
             for entry in self._entries:
                 entry.watched = self._watcher.watch(entry.path.parent)
@@ -246,6 +250,7 @@ class Store:
             for pool in self._upload_pools.values():
                 pool.shutdown(wait=True)
             self._watcher.close()
+            self._control.close()
         return self._ended + [(e.path, e.failure) for e in self._entries if e.failure is not None]
 
     def _sweep(self) -> None:

@@ -138,6 +138,18 @@ class Tracker:
             raise Discontinuity(Reason.WAL_SHRANK)
         return Collect.SCAN
 
+    def holds(self, index: WalIndexHeader | None) -> bool:
+        """Whether everything `index` calls committed has been collected (the durability barrier's question).
+
+        No index (a torn read) proves nothing: the barrier asks again a poll later. An index with no frames
+        committed holds nothing to collect where we had no WAL, or where an armed restart is under way."""
+        cursor = self.cursor
+        if index is None:
+            return False
+        if cursor is None or index.salt != cursor.salt:
+            return index.max_frame == 0 and (cursor is None or self.armed)
+        return index.max_frame <= cursor.frames
+
     def enter_life(self, header: WalHeader) -> None:
         """An armed restart happened: our chain continues at frame 0 of the new life, once (rule 2)."""
         self.life, self.armed = header, False
@@ -181,8 +193,11 @@ class Tracker:
                 self._shipped(now)
             return Action.FINISH_CHECKPOINT
         if news and due:
-            self._shipped(now)
             assert index is not None
+            if index.max_frame > 0:
+                self._shipped(now)
+            # else a restart shows its new WAL life before the first commit in it lands: entering the life costs
+            # no beat, so that commit is captured the moment it lands (not a sync interval later)
             if index.max_frame >= self.settings.min_checkpoint_pages and self._checkpoint_due(now):
                 return Action.CHECKPOINT
             return Action.CAPTURE

@@ -89,6 +89,7 @@ class Uploader:
         self.refused: str | None = None
         self.crashed: BaseException | None = None  # set by whoever stepped it (rule 8)
         self.proven: Head | None = None  # set when stopping: what a fresh LIST proved the replica holds
+        self.on_progress: Callable[[], None] = lambda: None  # position moved or refused (barrier.py)
         self.done = False  # refused, proven after `stop`, or out of time: no more steps
         self.failing_since: float | None = None
         self.retention_us = retention_us
@@ -140,6 +141,7 @@ class Uploader:
                 log.error("not uploading to %s: %s", self.client.url, exc)
             if self.refused:
                 self.done = True
+                self.on_progress()
             return None if self.done else wake
 
     def _step(self) -> float | None:
@@ -199,6 +201,7 @@ class Uploader:
             log.warning("%s %s: it gets a fresh snapshot", self.client.url, proof.problem.value)
         self.held, self.position, self._checked = held, proof.end, True
         self._probe_from = proof.end[:2]
+        self.on_progress()
 
     def _next(self) -> ObjectKey | object | None:
         """The next object that continues the replica's chain (rule 2), _WAIT, or None if all is sent."""
@@ -233,6 +236,7 @@ class Uploader:
             return  # not a link of the chain: the position stays
         self.position = chain_order(key)
         self._asked = False
+        self.on_progress()
         self.outbox.collect()
         if isinstance(key, SnapshotKey):
             self._apply_retention()

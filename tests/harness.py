@@ -252,5 +252,5 @@ def wipe_local(db: Path) -> None:
     state = db.parent / f".{db.name}-replicator"
     if state.exists():
         for path in sorted(state.rglob("*"), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
+            path.rmdir() if path.is_dir() else path.unlink()  # control.sock is neither file nor directory
         state.rmdir()

@@ -85,6 +85,37 @@ def test_after_a_quiet_spell_the_beat_starts_again_at_the_next_commit() -> None:
     assert tracker.wake_at(107.6, unflushed=False) == pytest.approx(108.5)
 
 
+def test_a_restart_seen_before_its_first_commit_lands_does_not_delay_that_commit() -> None:
+    tracker = following(3, armed=True)
+    assert tracker.decide(index(0, salt=NEXT_LIFE.salt), now=100.0, unflushed=False) is Action.CAPTURE
+    assert tracker.plan_collect(index(0, salt=NEXT_LIFE.salt), NEXT_LIFE) is Collect.NEW_LIFE
+    tracker.enter_life(NEXT_LIFE)
+    assert tracker.decide(index(1, salt=NEXT_LIFE.salt), now=100.001, unflushed=False) is Action.CAPTURE
+
+
+@pytest.mark.parametrize(
+    ("tracker", "idx", "holds"),
+    [
+        (following(3), index(3), True),
+        (following(3), index(4), False),
+        (following(3), None, False),  # a torn read proves nothing
+        (following(3, armed=True), index(0, salt=NEXT_LIFE.salt), True),  # a restart before its first commit
+        (following(3), index(0, salt=NEXT_LIFE.salt), False),
+        (following(3, armed=True), index(1, salt=NEXT_LIFE.salt), False),
+    ],
+)
+def test_the_barrier_is_told_everything_is_collected_only_when_the_index_proves_it(
+    tracker: Tracker, idx: WalIndexHeader | None, holds: bool
+) -> None:
+    assert tracker.holds(idx) is holds
+
+
+def test_with_no_wal_when_the_generation_began_an_empty_index_holds_nothing_to_collect() -> None:
+    tracker = Tracker(SETTINGS)
+    tracker.follow(None, None, armed=False)
+    assert tracker.holds(index(0)) and not tracker.holds(index(1))
+
+
 def test_an_idle_armed_database_has_no_wake_up_of_its_own() -> None:
     tracker = following(armed=True)
     assert tracker.decide(index(0), now=100.0, unflushed=False) is Action.TRUNCATE_WAL  # a left-over large WAL
