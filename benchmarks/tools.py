@@ -217,6 +217,7 @@ class Litestream(Tool):
         self.binary = binary
         self.name = f"litestream-{version}"
         self.v3 = version.startswith("0.3.")
+        self.control_socket: Path | None = None  # 0.5: enable its control socket there (`litestream sync`)
 
     def env(self) -> dict[str, str]:
         env = super().env()
@@ -251,7 +252,10 @@ class Litestream(Tool):
             entry["replicas"] = [rep]
         else:
             entry["replica"] = rep
-        path.write_text(yaml.safe_dump({"dbs": [entry]}, sort_keys=False))
+        config: dict[str, Any] = {"dbs": [entry]}
+        if self.control_socket is not None:
+            config["socket"] = {"enabled": True, "path": str(self.control_socket)}
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
     def replicate_argv(self, db: Path, replica: Replica, *, sync_interval: str, workdir: Path) -> list[str]:
