@@ -32,10 +32,10 @@ from .errors import ReplicatorError
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "control.sock"
 MAX_REQUESTS = 64
 MAX_LINE = 4096
-ERRORS = ("timeout", "failed", "bad request", "busy")
+RAISED: dict[str, type[ReplicatorError]] = {"timeout": WaitTimeout, "failed": WaitFailed}  # kind <-> exception
+ERRORS = (*RAISED, "bad request", "busy")
 
 
 class Served(Protocol):
@@ -177,10 +177,8 @@ def answer(served: Served, request: Any) -> dict[str, Any]:
         return _failure("bad request", f"timeout must be a non-negative number, not {timeout!r:.50}")
     try:
         position = served.wait(txid, timeout)
-    except WaitTimeout as exc:
-        return _failure("timeout", str(exc))
-    except WaitFailed as exc:
-        return _failure("failed", str(exc))
+    except (WaitTimeout, WaitFailed) as exc:
+        return _failure(next(kind for kind, raised in RAISED.items() if isinstance(exc, raised)), str(exc))
     return {"ok": True, "generation": f"{position.generation:016x}", "txid": position.txid}
 
 
@@ -230,9 +228,7 @@ def request(path: Path, payload: dict[str, Any], timeout: float | None = None) -
     if not isinstance(reply, dict) or not reply.get("ok"):
         reply = reply if isinstance(reply, dict) else {}
         kind, message = str(reply.get("error", "failed")), str(reply.get("message", "an unreadable reply"))
-        if kind == "timeout":
-            raise WaitTimeout(message)
-        if kind == "failed":
-            raise WaitFailed(message)
+        if kind in RAISED:
+            raise RAISED[kind](message)
         raise ControlError(kind, message)
     return reply

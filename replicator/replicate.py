@@ -60,7 +60,7 @@ from .control import ControlServer
 from .errors import ReplicatorError, StorageError, TransientStorageError
 from .history import format_time
 from .keys import ObjectKey, SegmentKey, SnapshotKey
-from .lineage import LocalFacts, NewGeneration, Reason, beyond, local_state_problem, prove_chain
+from .lineage import NOTHING, LocalFacts, NewGeneration, Reason, beyond, local_state_problem, prove_chain
 from .segment import Writable
 from .snapshot import build_overlay, write_snapshot
 from .spool import Outbox, SpoolBudget
@@ -217,8 +217,8 @@ class Replicator:
             "replicas": [
                 {
                     "url": r.url,
-                    "generation": f"{r.held.generation:016x}" if r.held and r.held.generation >= 0 else None,
-                    "txid": r.held.txid if r.held and r.held.generation >= 0 else None,
+                    "generation": f"{r.held.generation:016x}" if r.held is not None else None,
+                    "txid": r.held.txid if r.held is not None else None,
                     "refused": r.refused,
                 }
                 for r in self._replicas()
@@ -229,7 +229,10 @@ class Replicator:
         uploaders = self.uploaders
         if not uploaders:
             return [Replica(c.url, None, None) for c in self.clients]
-        return [Replica(u.client.url, Position(*u.position[:2]), u.refused) for u in uploaders]
+        return [
+            Replica(u.client.url, None if u.position == NOTHING else Position(*u.position[:2]), u.refused)
+            for u in uploaders
+        ]
 
     def _caught_up(self, epoch: int, index: wal.WalIndexHeader | None) -> None:
         """Tell the barrier where the head is, if everything `index` calls committed is spooled."""
