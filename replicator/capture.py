@@ -30,6 +30,7 @@ from .segment import Writable
 from .snapshot import overlay_of
 from .sqlite import Database
 from .state import ShipperState, WalPosition
+from .tally import Tally
 from .tracker import Collect, Discontinuity, Tracker, Truncation
 from .walfile import WalFile
 
@@ -77,6 +78,7 @@ class Capture:
         self.tracker = tracker
         self.settings = settings
         self.pending: list[wal.Transaction] = []  # collected, not yet in the spool
+        self.checkpoints = Tally()  # by result: complete, partial (an app reader held it back), truncated, busy
         self._state = state
         self._commit = commit
         self._gone = gone
@@ -232,6 +234,7 @@ class Capture:
     def finish_checkpoint(self, db: Database) -> None:
         self.repin(db, checkpoint=True)
         quiet = self.tracker.checkpoint_finished()
+        self.checkpoints.add("complete" if self.tracker.armed else "partial")
         log.log(
             logging.DEBUG if quiet else logging.INFO,
             "checkpoint: WAL copied into the database%s",
@@ -249,8 +252,10 @@ class Capture:
             return
         if not db.truncate_wal():
             self.tracker.truncated(Truncation.BUSY, now)  # an app reader is still on the WAL
+            self.checkpoints.add("busy")
             return
         self.tracker.truncated(Truncation.DONE, now)
+        self.checkpoints.add("truncated")
         log.info("the app is quiet: cut %s-wal from %.1f MB to 0 (its size after a burst)", db.path, size / 1e6)
         self._commit(None, None, replace(state, wal=None, restored_digest=None))
 

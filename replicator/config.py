@@ -107,6 +107,12 @@ class Settings:
     verify_interval: float = 30.0  # while uploading, how often a replica is probed for the snapshot we build on
     spool_limit: int = 10**9  # bytes all spools of the process hold together (spool.py rule 2; the largest given)
     compaction: tuple[float, ...] = DEFAULT_COMPACTION  # seconds: each level's window (compaction.py rule 4)
+    stall_after: float | None = None  # a replica pending this long with no upload is stalled (watchdog.py)
+
+    @property
+    def stall_seconds(self) -> float:
+        """`stall_after`, or its default: ten sync intervals, at least 10 s."""
+        return self.stall_after if self.stall_after is not None else max(10 * self.sync_interval, 10.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +171,7 @@ _SETTING_KEYS = {
     "verify-interval": "verify_interval",
     "spool-limit": "spool_limit",
     "compaction": "compaction",
+    "stall-after": "stall_after",
 }
 _DURATIONS = {
     "sync_interval",
@@ -174,6 +181,7 @@ _DURATIONS = {
     "shutdown_grace",
     "poll_interval",
     "verify_interval",
+    "stall_after",
 }
 
 
@@ -204,6 +212,8 @@ def make_settings(values: dict[str, Any], base: Settings | None = None) -> Setti
     settings = Settings(**{**{f.name: getattr(base or Settings(), f.name) for f in fields(Settings)}, **changes})
     if min(settings.sync_interval, settings.retention, settings.snapshot_interval, settings.verify_interval) <= 0:
         raise ConfigError("sync-interval, snapshot-interval, retention and verify-interval must be positive")
+    if settings.stall_after is not None and settings.stall_after <= 0:
+        raise ConfigError("stall-after must be positive")
     if settings.min_checkpoint_pages < 1:
         raise ConfigError("min-checkpoint-pages must be at least 1")
     return settings

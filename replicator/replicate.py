@@ -76,10 +76,13 @@ from .sqlite import (
     remove_stale_wal,
 )
 from .state import ShipperState, StateDir, digest
-from .storage import ReplicaClient
+from .status import DatabaseStatus, ReplicaStatus, time_of, window
+from .storage import ReplicaClient, request_counts
+from .tally import Tally
 from .tracker import Action, Discontinuity, Tracker
 from .uploader import Uploader, inventory
 from .walfile import WalFile
+from .watchdog import Change, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +159,11 @@ class Replicator:
         self.following = threading.Event()  # set once the database is followed, or waited for (supervise.py)
         self.barrier = Barrier()
         self.barrier.on_ask = self._step_soon
+        self.generations = Tally()  # generations started, by reason (status.py)
+        self.last_error: str | None = None  # the latest problem of the capture side (status.py)
+        self._watchdogs: list[Watchdog] = []  # one per uploader (watchdog.py)
+        self._stalls = Tally()  # stalls begun, by replica URL
+        self._windows: dict[str, tuple[tuple[int, object], tuple[int | None, int | None]]] = {}  # status() cache
         self._locked = False
         self._waiting_said = False  # "waiting for ... to be created" was logged
         self._open_delay = 0.05  # backoff while the app holds its lock
@@ -206,24 +214,72 @@ class Replicator:
         return self.barrier.wait(self._replicas, target=target, timeout=timeout)
 
     def status(self) -> dict[str, Any]:
-        """Where this database and each replica are (control.py's status request). Any thread."""
+        """Where this database and each replica are (control.py's status request), as JSON. Any thread."""
+        return self.report().to_json()
+
+    def report(self) -> DatabaseStatus:
+        """Where this database and each replica are (status.py). Any thread."""
         state = self.state
-        return {
-            "database": str(self.db_path),
-            "pid": os.getpid(),
-            "following": self.following.is_set(),  # the database is followed, or waited for until created
-            "generation": f"{state.generation:016x}" if state is not None else None,
-            "txid": state.txid if state is not None else None,
-            "replicas": [
-                {
-                    "url": r.url,
-                    "generation": f"{r.held.generation:016x}" if r.held is not None else None,
-                    "txid": r.held.txid if r.held is not None else None,
-                    "refused": r.refused,
-                }
-                for r in self._replicas()
-            ],
-        }
+        try:
+            wal_bytes: int | None = os.stat(self.wal_file.path).st_size
+        except OSError:
+            wal_bytes = None
+        uploaders, dogs = self.uploaders, self._watchdogs
+        if uploaders and len(dogs) == len(uploaders):
+            replicas = [self._replica_status(u, dog) for u, dog in zip(uploaders, dogs, strict=True)]
+        else:
+            replicas = [ReplicaStatus(c.url) for c in self.clients]
+        return DatabaseStatus(
+            str(self.db_path),
+            running=True,
+            pid=os.getpid(),
+            following=self.following.is_set(),  # the database is followed, or waited for until created
+            generation=None if state is None else state.generation,
+            txid=None if state is None else state.txid,
+            wal_bytes=wal_bytes,
+            last_error=self.last_error,
+            generations={str(k): n for k, n in self.generations.counts().items()},
+            checkpoints={str(k): n for k, n in self.capture.checkpoints.counts().items()},
+            replicas=replicas,
+        )
+
+    def _replica_status(self, u: Uploader, dog: Watchdog) -> ReplicaStatus:
+        now, position, held = time.time(), u.position, u.held
+        objects, size, first = self.outbox.waiting(position)
+        head = self.outbox.head
+        lag = None
+        if first is not None and position != NOTHING:
+            lag = max(0.0, now - time_of(first) / 1e6)
+        elif head is not None and position[:2] == head:
+            lag = 0.0
+        span: tuple[int | None, int | None] = (None, None)
+        if held is not None:
+            mark = (len(held), position)
+            cached = self._windows.get(u.client.url)
+            if cached is None or cached[0] != mark:
+                cached = (mark, window(set(held)))  # a copy: the uploader's thread adds to it meanwhile
+                self._windows[u.client.url] = cached
+            span = cached[1]
+        counts = request_counts(u.client)
+        stalled = dog.stalled_since
+        return ReplicaStatus(
+            u.client.url,
+            generation=None if position == NOTHING else position[0],
+            txid=None if position == NOTHING else position[1],
+            lag_seconds=lag,
+            backlog_objects=objects,
+            backlog_bytes=size,
+            last_upload=u.last_upload,
+            last_error=u.last_error,
+            restorable_from_us=span[0],
+            restorable_to_us=span[1],
+            stalled_since=None if stalled is None else now - (time.monotonic() - stalled),
+            stalls=self._stalls.counts().get(u.client.url, 0),
+            refused=u.refused,
+            requests=counts.requests if counts else {},
+            bytes=counts.bytes if counts else {},
+            errors={f"{op}/{kind}": n for (op, kind), n in counts.errors.items()} if counts else {},
+        )
 
     def _replicas(self) -> list[Replica]:
         uploaders = self.uploaders
@@ -375,10 +431,43 @@ class Replicator:
             )
             for c in self.clients
         ]
+        self._watchdogs = [Watchdog(self.settings.stall_seconds) for _ in self.uploaders]
         for u in self.uploaders:
-            u.on_progress = self.barrier.progressed
+            u.on_progress = self._progressed
         self.outbox.uploaders = self.uploaders
         self.on_uploaders()
+
+    def _progressed(self) -> None:
+        """An uploader moved (any thread): wake the waits, and look at a stall it may have ended."""
+        self.barrier.progressed()
+        if any(dog.stalled for dog in self._watchdogs):
+            self._step_soon()
+
+    def _watch(self, now: float) -> float | None:
+        """The stall watchdog (watchdog.py) over every replica: tell each stall once as it begins and once as
+        it ends; returns when to look again for one that may begin."""
+        head = self.outbox.head
+        due: list[float] = []
+        for u, dog in zip(self.uploaders, self._watchdogs, strict=True):
+            change = dog.observe(now, pending=head is not None and u.position[:2] < head, progress=u.last_progress)
+            event = {"database": str(self.db_path), "replica": u.client.url}
+            if change is Change.STALLED:
+                self._stalls.add(u.client.url)
+                assert head is not None and dog.stalled_since is not None
+                log.warning(
+                    "replica %s is stalled: no upload for %.0fs while it lacks what was captured up to "
+                    "generation %016x, txid %d (%s)",
+                    u.client.url,
+                    now - dog.stalled_since,
+                    *head,
+                    u.refused or u.last_error or "no error reported",
+                    extra={**event, "event": "replica_stalled"},
+                )
+            elif change is Change.RECOVERED:
+                log.info("replica %s is no longer stalled", u.client.url, extra={**event, "event": "replica_recovered"})
+            if (at := dog.due()) is not None:
+                due.append(at)
+        return min(due, default=None)
 
     def _open(self, now: float, listings: dict[str, set[ObjectKey] | None] | None) -> bool:
         """Open the database; False while the app holds its lock (a migration can take seconds)."""
@@ -546,12 +635,13 @@ class Replicator:
             return now
         except ReplicatorError as exc:
             log.error("replication error: %s", exc)
+            self.last_error = str(exc)
             return now + 1.0
         now = time.monotonic()
         wake = self.tracker.wake_at(now, unflushed=self._unflushed())
-        if self.barrier.untargeted():
-            soon = now + self.settings.poll_interval
-            wake = soon if wake is None else min(wake, soon)
+        for soon in (now + self.settings.poll_interval if self.barrier.untargeted() else None, self._watch(now)):
+            if soon is not None:
+                wake = soon if wake is None else min(wake, soon)
         if wake is None:
             self.db.release_writer()  # idle until a commit: its memory is better spent on busy databases
         return self._snapshot_wake(now, wake)
@@ -684,7 +774,7 @@ class Replicator:
                 exc,
                 len(self.capture.pending),
             )
-        self._spool_trouble = str(exc)
+        self._spool_trouble = self.last_error = str(exc)
         self.tracker.spool_failed(time.monotonic())
         if self.compactor is not None:
             self.compactor.shed()  # compaction is an optimisation: the spool comes first
@@ -732,6 +822,7 @@ class Replicator:
         if self.tracker.generation_wanted != cause:
             log.info("starting generation %016x: %s", generation, cause)
         self._write_snapshot(state, start.life, now, start.overlay)  # one scan of the WAL, not two
+        self.generations.add(cause.reason.name.lower())
         self.tracker.follow(start.life, start.cursor, armed=start.armed)
         self.capture.pending = []
 

@@ -206,6 +206,13 @@ class Outbox:
         with self._lock:
             return len(self._orders) - bisect.bisect_right(self._orders, position)
 
+    def waiting(self, position: Position) -> tuple[int, int, ObjectKey | None]:
+        """What a replica at `position` has yet to take: objects, bytes, and the first of them."""
+        with self._lock:
+            behind = self._orders[bisect.bisect_right(self._orders, position) :]
+            first = self._keys[behind[0]] if behind else None
+            return len(behind), sum(self._sizes[o] for o in behind), first
+
     def collect(self) -> None:
         """Delete spooled objects every replica still served has (rules 1 and 4)."""
         served = [u for u in self.uploaders if not u.refused]

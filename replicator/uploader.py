@@ -92,6 +92,9 @@ class Uploader:
         self.on_progress: Callable[[], None] = lambda: None  # position moved or refused (barrier.py)
         self.done = False  # refused, proven after `stop`, or out of time: no more steps
         self.failing_since: float | None = None
+        self.last_error: str | None = None  # the latest failed request's message (status.py)
+        self.last_upload: float | None = None  # clock() of the last upload the replica acknowledged
+        self.last_progress: float | None = None  # the same, time.monotonic(): the watchdog's progress
         self.retention_us = retention_us
         self.verify_interval = verify_interval
         self.clock = clock
@@ -130,6 +133,7 @@ class Uploader:
                     self.failing_since = time.monotonic()
                 self._checked = False  # rule 1: whatever happened, look at the replica before going on
                 self.held = None
+                self.last_error = str(exc)
                 log.error("upload to %s failed: %s; retrying in %.0fs", self.client.url, exc, self._backoff)
                 wake = time.monotonic() + self._backoff
                 self._backoff = min(self._backoff * 2, 30.0)
@@ -229,6 +233,7 @@ class Uploader:
             if self.outbox.has(key):
                 raise
             return  # dropped from a full spool while we were down (spool.py's rule 2): `_next` sees the gap
+        self.last_upload, self.last_progress = self.clock(), time.monotonic()
         assert self.held is not None
         self.held.add(key)
         if isinstance(key, keys.SegmentKey) and key.level > 0:

@@ -20,7 +20,7 @@ import harness
 import pytest
 import rgw
 
-from replicator.storage import FileClient, MemoryClient, ReplicaClient
+from replicator.storage import FileClient, MemoryClient, MeteredClient, ReplicaClient
 from replicator.storage.s3 import S3Client
 
 MOTO_CREDENTIALS = ("testing", "testing")
@@ -165,11 +165,13 @@ def s3_location(s3_server: S3Server, s3_env: None) -> Iterator[S3Location]:
         yield location
 
 
-@pytest.fixture(params=["memory", "file", *S3_SERVERS])
+@pytest.fixture(params=["memory", "metered", "file", *S3_SERVERS])
 def client(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ReplicaClient]:
     """Each storage backend in turn; S3 talks HTTP to a real server process, under a non-empty prefix."""
     if request.param == "memory":
         yield MemoryClient()
+    elif request.param == "metered":  # the counting wrapper passes everything through unchanged
+        yield MeteredClient(MemoryClient())
     elif request.param == "file":
         yield FileClient(tmp_path / "replica")
     else:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from replicator.errors import ObjectNotFound, PermanentStorageError, TransientStorageError
-from replicator.storage import MemoryClient, ObjectInfo, RetryingClient
+from replicator.storage import MemoryClient, MeteredClient, ObjectInfo, RetryingClient, request_counts
 from replicator.storage.base import Body
 
 
@@ -119,3 +119,11 @@ def test_a_swap_that_lost_to_another_writer_says_so() -> None:
     inner.put("k", b"theirs")
     assert not RetryingClient(inner).swap("k", b"old", b"new")
     assert inner.get("k") == b"theirs"
+
+
+def test_every_attempt_counts_as_a_request_and_each_failed_one_as_an_error() -> None:
+    client = RetryingClient(MeteredClient(Flaky(2, TransientStorageError("503"))), sleep=lambda _: None)
+    client.put("generations/a", b"x")
+    counts = request_counts(client)
+    assert counts is not None
+    assert counts.requests == {"put": 3} and counts.errors == {("put", "transient"): 2} and counts.bytes == {"put": 1}

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from conftest import S3Location, S3Server
 
 from replicator.errors import ConfigError, ObjectNotFound, PermanentStorageError, TransientStorageError
-from replicator.storage import FileClient, RetryingClient, open_client
+from replicator.storage import FileClient, MemoryClient, MeteredClient, RetryingClient, open_client
 from replicator.storage.s3 import S3Client, classify
 
 
@@ -122,7 +122,8 @@ def test_s3_uploads_send_their_body_without_waiting_for_100_continue(s3_location
 def test_open_client_reads_replica_urls(tmp_path: Path) -> None:
     s3 = open_client("s3://bucket/some/prefix?endpoint=http://127.0.0.1:1&region=eu-west-1")
     assert isinstance(s3, RetryingClient)
-    assert isinstance(s3.inner, S3Client) and s3.url == "s3://bucket/some/prefix/"
+    assert isinstance(s3.inner, MeteredClient) and isinstance(s3.inner.inner, S3Client)
+    assert s3.url == "s3://bucket/some/prefix/"
     assert open_client(f"file://{tmp_path}").url == f"file://{tmp_path}"
     assert open_client(str(tmp_path), retry=False).url == f"file://{tmp_path}"
 
@@ -183,3 +184,19 @@ def test_s3_upload_failures_are_classified_by_their_cause() -> None:
     except S3UploadFailedError as wrapped:
         classified = classify("put s3://b/p/k", wrapped)
     assert isinstance(classified, PermanentStorageError) and "bucket does not exist" in str(classified)
+
+
+def test_the_metered_client_counts_requests_bytes_and_errors_by_operation() -> None:
+    client = MeteredClient(MemoryClient())
+    client.put("generations/a", b"12345")
+    client.put("generations/b", io.BytesIO(b"123"))
+    assert client.get("generations/a", 1, 2) == b"23"
+    assert client.stream("generations/b").read() == b"123"
+    with pytest.raises(ObjectNotFound):
+        client.get("generations/missing")
+    assert len(list(client.list("generations/"))) == 2
+    counts = client.counts()
+    assert counts.requests == {"put": 2, "get": 3, "list": 1}
+    assert counts.bytes == {"put": 8, "get": 5}
+    assert counts.errors == {("get", "not_found"): 1}
+

@@ -1,4 +1,4 @@
-"""Replica storage: one small protocol, three backends, one retry wrapper, and the URL that picks them."""
+"""Replica storage: one small protocol, three backends, counting and retrying wrappers, and the URL that picks them."""
 
 from __future__ import annotations
 
@@ -11,19 +11,23 @@ from ..errors import ConfigError
 from .base import Body, ObjectInfo, ReplicaClient, ReplicaOptions, check_key
 from .file import FileClient
 from .memory import MemoryClient
+from .metered import MeteredClient, RequestCounts, request_counts
 from .retry import RetryingClient
 
 __all__ = [
     "Body",
     "FileClient",
     "MemoryClient",
+    "MeteredClient",
     "ObjectInfo",
     "ReplicaClient",
     "ReplicaOptions",
+    "RequestCounts",
     "RetryingClient",
     "apply_litestream_credentials",
     "check_key",
     "open_client",
+    "request_counts",
 ]
 
 _S3_OPTIONS = {"endpoint", "region"}
@@ -61,6 +65,7 @@ def open_client(url: str, *, retry: bool = True, options: ReplicaOptions | None 
         client = FileClient(Path(url))
     else:
         raise ConfigError(f"unsupported replica URL {url!r}; use s3://BUCKET/PREFIX or a directory path")
+    client = MeteredClient(client)  # under the retries: every attempt is a request (metered.py)
     return RetryingClient(client) if retry else client
 
 
