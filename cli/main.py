@@ -14,6 +14,7 @@ from replicator.errors import ConfigError, FormatError, ReplicatorError, Storage
 from .listing import generations, snapshots, wal
 from .replicate import replicate
 from .restore import restore
+from .status import status
 from .verify import verify
 from .wait import wait
 
@@ -64,5 +65,5 @@ def version() -> None:
     click.echo(f"segment format {FORMAT_VERSION}")
 
 
-for command in (replicate, restore, verify, wait, generations, snapshots, wal):
+for command in (replicate, restore, verify, wait, status, generations, snapshots, wal):
     cli.add_command(command)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .common import setup_logging
+from .common import LOG_FORMATS, setup_logging
 
 
 @click.command()
@@ -47,6 +47,25 @@ from .common import setup_logging
     "none. [default: 10s,1m,10m,1h,6h]",
 )
 @click.option(
+    "--stall-after",
+    help="A replica that has commits to take and takes none for this long is stalled: a warning, an event, a "
+    "metric, and a failing /healthz until it recovers. [default: 10 sync intervals, at least 10s]",
+)
+@click.option(
+    "--metrics-addr",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at /metrics and a health check at /healthz (:9090 is every interface). "
+    "[env: REPLICATOR_METRICS_ADDR; config: addr]",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    envvar="REPLICATOR_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    help="json: one object per line (time, level, message, database, replica, event).",
+)
+@click.option(
     "--takeover",
     is_flag=True,
     help="Replicate even to a replica that belongs to another database (it moved, or replaces that one).",
@@ -78,6 +97,8 @@ def replicate(
     takeover: bool,
     command: str | None,
     expand_env: bool,
+    metrics_addr: str | None,
+    log_format: str,
     verbose: bool,
     **options: str | int | None,
 ) -> None:
@@ -99,6 +120,7 @@ def replicate(
     """
     from replicator.config import DirectoryConfig, Settings, resolve
     from replicator.errors import ReplicatorError
+    from replicator.metrics import MetricsServer
     from replicator.process import follow_lifeline
     from replicator.replicate import Replicator
     from replicator.spool import SpoolBudget
@@ -107,7 +129,7 @@ def replicate(
 
     from .main import exit_code
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     if directory is not None:
         urls = [u for u in (db_path, *replica_urls) if u is not None]
         given = DirectoryConfig(directory, urls, Settings(), pattern, recursive)
@@ -133,18 +155,26 @@ def replicate(
         ],
         directories=[(d, replicator_in(d)) for d in resolved.directories],
     )
+    metrics_addr = metrics_addr or resolved.metrics_addr
+    metrics = MetricsServer(metrics_addr, lambda: [r.report() for r in store.replicators]) if metrics_addr else None
     child_code = 0
-    if command is not None:
-        argv = shlex.split(command)
-        if not argv:
-            raise click.UsageError("--exec needs a command")
-        outcome = Supervisor(store, argv).run()
-        failures, child_code = outcome.failures, outcome.child_code
-    else:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: store.stop())
-        follow_lifeline(store.stop)  # run by the API's Replicator: stop when it lets go
-        failures = store.run()
+    argv = shlex.split(command) if command is not None else None
+    if argv == []:
+        raise click.UsageError("--exec needs a command")
+    if metrics is not None:
+        metrics.start()
+    try:
+        if argv is not None:
+            outcome = Supervisor(store, argv).run()
+            failures, child_code = outcome.failures, outcome.child_code
+        else:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: store.stop())
+            follow_lifeline(store.stop)  # run by the API's Replicator: stop when it lets go
+            failures = store.run()
+    finally:
+        if metrics is not None:
+            metrics.close()
     for db, exc in failures:
         if isinstance(exc, ReplicatorError):
             click.echo(f"error: {db}: {exc}", err=True)

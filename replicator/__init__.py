@@ -2,7 +2,8 @@
 
 The public API (docs/API.md): `restore`, with its `RestoreResult` and `Skipped` (and `ReplicaEmpty`, raised
 when there is nothing to restore); `Replicator`, replication in a supervised child process; `wait`, the
-durability barrier, with its `Position` (and `WaitTimeout`, `WaitFailed`, `NotRunning`); and the errors in
+durability barrier, with its `Position` (and `WaitTimeout`, `WaitFailed`, `NotRunning`); `status`, where a
+database and its replicas are, as a `DatabaseStatus` of `ReplicaStatus` records; and the errors in
 `replicator.errors`. The library never prints and never
 exits: it raises those errors, which the CLI (`replicator_cli`) turns into one-line messages and exit codes.
 
@@ -16,16 +17,19 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import restore, wait
+    from .api import restore, status, wait
     from .barrier import Position, WaitFailed, WaitTimeout
     from .control import NotRunning
     from .process import Replicator, ReplicatorExited
     from .rebuild import ReplicaEmpty, RestoreResult, Skipped
+    from .report import DatabaseStatus, ReplicaStatus
 
 __all__ = [
+    "DatabaseStatus",
     "NotRunning",
     "Position",
     "ReplicaEmpty",
+    "ReplicaStatus",
     "Replicator",
     "ReplicatorExited",
     "RestoreResult",
@@ -33,11 +37,15 @@ __all__ = [
     "WaitFailed",
     "WaitTimeout",
     "restore",
+    "status",
     "wait",
 ]
 _WHERE = {
     "restore": ".api",
     "wait": ".api",
+    "status": ".api",
+    "DatabaseStatus": ".report",
+    "ReplicaStatus": ".report",
     "RestoreResult": ".rebuild",
     "Skipped": ".rebuild",
     "ReplicaEmpty": ".rebuild",

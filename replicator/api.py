@@ -7,6 +7,7 @@ the CLI's commands are thin layers over the same functions.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,8 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .rebuild import RestoreResult
+    from .report import DatabaseStatus
+    from .storage import ReplicaClient
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -78,3 +81,21 @@ def wait(db: str | os.PathLike[str], *, txid: int | None = None, timeout: float 
         socket, {"op": "wait", "txid": txid, "timeout": timeout}, timeout=None if timeout is None else timeout + 10
     )
     return Position(int(reply["generation"], 16), int(reply["txid"]))
+
+
+def status(db: str | os.PathLike[str], urls: str | Sequence[str] = ()) -> DatabaseStatus:
+    """Where `db` and each of its replicas are: generation and txid, lag, backlog, last error, restorable window.
+
+    Asked of the replicator running for `db` if there is one (over its control socket); otherwise read from
+    the local state and one LIST of each replica in `urls` (`running` is then False; without `urls`, the
+    local state alone). Raises StorageError subclasses only where a replica URL is invalid; a replica that
+    cannot be read shows as its `last_error`.
+    """
+    from .report import read
+    from .storage import apply_litestream_credentials, open_client
+
+    def clients() -> list[ReplicaClient]:
+        apply_litestream_credentials()
+        return [open_client(u) for u in ([urls] if isinstance(urls, str) else urls)]
+
+    return read(Path(db), clients)

@@ -226,7 +226,7 @@ _LITESTREAM_NAMES = {"shutdown-sync-timeout": "shutdown-timeout", "min-checkpoin
 # Litestream's keys we understand but do not honour (yet): one warning names them.
 _NOT_HONOURED = {
     "top": {
-        "addr", "logging", "levels", "l0-retention", "l0-retention-check-interval", "validation",
+        "logging", "levels", "l0-retention", "l0-retention-check-interval", "validation",
         "verify-compaction", "heartbeat-url", "heartbeat-interval", "socket", "mcp-addr",
         "shutdown-sync-interval", "retention-check-interval", "validation-interval",
     },
@@ -255,6 +255,7 @@ class ConfigFile:
     databases: list[DatabaseConfig]
     exec_command: str | None
     directories: list[DirectoryConfig] = field(default_factory=list)
+    metrics_addr: str | None = None  # where to serve Prometheus metrics (metrics.py); Litestream's `addr:`
 
 
 def load_config(path: Path, *, expand_env: bool = True) -> list[DatabaseConfig]:
@@ -295,7 +296,10 @@ def read_config(path: Path, *, expand_env: bool = True) -> ConfigFile:
             databases.append(reader.database(i, entry, shared, s3_defaults))
     reader.warn()
     check_one_database_per_replica(databases, f"config {path}")
-    return ConfigFile(databases, exec_command, directories)
+    addr = data.get("addr")
+    if addr is not None and not isinstance(addr, str):
+        raise ConfigError(f"config {path}: addr must be HOST:PORT (a string such as ':9090')")
+    return ConfigFile(databases, exec_command, directories, addr or None)
 
 
 def expand_environment(text: str, environ: Mapping[str, str] | None = None) -> str:
@@ -355,7 +359,7 @@ class _Reader:
             log.warning("config %s: not honoured (yet), ignored: %s", self.path, ", ".join(self.ignored))
 
     def top(self, data: _Mapping) -> tuple[Settings, dict[str, Any], str | None]:
-        allowed = {"dbs", "exec", "snapshot", *_SETTING_KEYS, *_LITESTREAM_NAMES, *_S3_LOCATION, *_CREDENTIALS}
+        allowed = {"dbs", "exec", "addr", "snapshot", *_SETTING_KEYS, *_LITESTREAM_NAMES, *_S3_LOCATION, *_CREDENTIALS}
         self._check_keys(data, "", allowed - {"type", "url", "bucket", "path"}, "top")
         values = {k: v for k, v in data.items() if k in _SETTING_KEYS or k in _LITESTREAM_NAMES}
         snapshot = data.get("snapshot")
@@ -478,17 +482,19 @@ def resolve(
     """What `replicate` replicates, from the first of: DB_PATH REPLICA_URL... on the command line; -c FILE;
     REPLICATOR_DB + REPLICATOR_URL; REPLICATOR_CONFIG; /etc/replicator.yml. Settings: a flag beats the
     environment (REPLICATOR_SYNC_INTERVAL...), which beats the file. The app to run: REPLICATOR_EXEC, then the
-    file's `exec:` (a --exec flag beats both, in the CLI)."""
+    file's `exec:` (a --exec flag beats both, in the CLI); the metrics address likewise: REPLICATOR_METRICS_ADDR,
+    then the file's `addr:` (--metrics-addr beats both)."""
     env = os.environ if environ is None else environ
     given = {k.replace("_", "-"): v for k, v in flags.items() if v is not None}
     layered = {**settings_from_environment(env), **given}
     exec_command = env.get("REPLICATOR_EXEC") or None
+    metrics_addr = env.get("REPLICATOR_METRICS_ADDR") or None
     if config_path is not None and (db_path is not None or urls or directory is not None):
         raise ConfigError("give either -c CONFIG or DB_PATH REPLICA_URL..., not both")
     if directory is not None:
         if not directory.replicas:
             raise ConfigError("give --dir DIR and at least one REPLICA_URL")
-        return ConfigFile([], exec_command, [replace(directory, settings=make_settings(layered))])
+        return ConfigFile([], exec_command, [replace(directory, settings=make_settings(layered))], metrics_addr)
     named = (db_path, list(urls)) if db_path is not None or urls else None
     if named is None and config_path is None:
         named = database_from_environment(env)
@@ -497,7 +503,7 @@ def resolve(
             raise ConfigError("give DB_PATH and at least one REPLICA_URL")
         databases = [DatabaseConfig(named[0], named[1], make_settings(layered))]
         check_one_database_per_replica(databases, "the command line")
-        return ConfigFile(databases, exec_command)
+        return ConfigFile(databases, exec_command, metrics_addr=metrics_addr)
     path = config_path or (Path(env["REPLICATOR_CONFIG"]) if env.get("REPLICATOR_CONFIG") else None)
     if path is None and DEFAULT_CONFIG.exists():
         path = DEFAULT_CONFIG
@@ -509,7 +515,7 @@ def resolve(
     file = read_config(path, expand_env=expand_env)
     databases = [replace(d, settings=make_settings(layered, d.settings)) for d in file.databases]
     directories = [replace(d, settings=make_settings(layered, d.settings)) for d in file.directories]
-    return ConfigFile(databases, exec_command or file.exec_command, directories)
+    return ConfigFile(databases, exec_command or file.exec_command, directories, metrics_addr or file.metrics_addr)
 
 
 def settings_from_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:

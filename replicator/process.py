@@ -29,12 +29,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from . import control
 from .barrier import Position
 from .errors import ConfigError, ReplicatorError
 from .state import StateDir
+
+if TYPE_CHECKING:
+    from .report import DatabaseStatus
 
 log = logging.getLogger("replicator")
 
@@ -50,8 +53,10 @@ SETTINGS = (
     "verify_interval",
     "spool_limit",
     "compaction",
+    "stall_after",
+    "metrics_addr",
 )
-_DURATIONS = {name for name in SETTINGS if name.endswith(("_interval", "_timeout", "_grace")) or name == "retention"}
+_DURATIONS = {"retention", "stall_after", *(n for n in SETTINGS if n.endswith(("_interval", "_timeout", "_grace")))}
 _LINE = re.compile(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$")
 
 
@@ -89,7 +94,8 @@ class Replicator:
         for name, value in self.settings.items():
             seconds = name in _DURATIONS and isinstance(value, int | float)
             options += [f"--{name.replace('_', '-')}", f"{value}s" if seconds else str(value)]
-        return [sys.executable, "-m", "replicator_cli", "replicate", str(self.db), *self.urls, *options]
+        command = [sys.executable, "-m", "replicator_cli", "replicate", "--log-format", "text"]  # read by _forward
+        return [*command, str(self.db), *self.urls, *options]
 
     @property
     def running(self) -> bool:
@@ -146,6 +152,14 @@ class Replicator:
             if not self.running:
                 raise ReplicatorExited(self._exit_message("stopped")) from None
             raise
+
+    def status(self) -> DatabaseStatus:
+        """Where the database and each replica are (replicator.status)."""
+        if not self.running:
+            raise ReplicatorExited(self._exit_message("is not running"))
+        from .api import status
+
+        return status(self.db)
 
     def stop(self, timeout: float = 60.0) -> None:
         """Ship everything committed and stop; raises ReplicatorExited if the final upload failed (the

@@ -61,6 +61,7 @@ from .errors import ReplicatorError, StorageError, TransientStorageError
 from .history import format_time
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .lineage import NOTHING, LocalFacts, NewGeneration, Reason, beyond, local_state_problem, prove_chain
+from .report import DatabaseStatus, ReplicaStatus, time_of, window
 from .segment import Writable
 from .snapshot import build_overlay, write_snapshot
 from .spool import Outbox, SpoolBudget
@@ -76,7 +77,6 @@ from .sqlite import (
     remove_stale_wal,
 )
 from .state import ShipperState, StateDir, digest
-from .status import DatabaseStatus, ReplicaStatus, time_of, window
 from .storage import ReplicaClient, request_counts
 from .tally import Tally
 from .tracker import Action, Discontinuity, Tracker
@@ -159,8 +159,8 @@ class Replicator:
         self.following = threading.Event()  # set once the database is followed, or waited for (supervise.py)
         self.barrier = Barrier()
         self.barrier.on_ask = self._step_soon
-        self.generations = Tally()  # generations started, by reason (status.py)
-        self.last_error: str | None = None  # the latest problem of the capture side (status.py)
+        self.generations = Tally()  # generations started, by reason (report.py)
+        self.last_error: str | None = None  # the latest problem of the capture side (report.py)
         self._watchdogs: list[Watchdog] = []  # one per uploader (watchdog.py)
         self._stalls = Tally()  # stalls begun, by replica URL
         self._windows: dict[str, tuple[tuple[int, object], tuple[int | None, int | None]]] = {}  # status() cache
@@ -218,7 +218,7 @@ class Replicator:
         return self.report().to_json()
 
     def report(self) -> DatabaseStatus:
-        """Where this database and each replica are (status.py). Any thread."""
+        """Where this database and each replica are (report.py). Any thread."""
         state = self.state
         try:
             wal_bytes: int | None = os.stat(self.wal_file.path).st_size
@@ -270,7 +270,8 @@ class Replicator:
             backlog_objects=objects,
             backlog_bytes=size,
             last_upload=u.last_upload,
-            last_error=u.last_error,
+            last_error=(counts.last_error if counts else None) or u.last_error,
+            last_error_at=counts.last_error_at if counts else None,
             restorable_from_us=span[0],
             restorable_to_us=span[1],
             stalled_since=None if stalled is None else now - (time.monotonic() - stalled),

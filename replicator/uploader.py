@@ -92,7 +92,7 @@ class Uploader:
         self.on_progress: Callable[[], None] = lambda: None  # position moved or refused (barrier.py)
         self.done = False  # refused, proven after `stop`, or out of time: no more steps
         self.failing_since: float | None = None
-        self.last_error: str | None = None  # the latest failed request's message (status.py)
+        self.last_error: str | None = None  # the latest failed request's message (report.py)
         self.last_upload: float | None = None  # clock() of the last upload the replica acknowledged
         self.last_progress: float | None = None  # the same, time.monotonic(): the watchdog's progress
         self.retention_us = retention_us

@@ -38,7 +38,7 @@ class S3Server:
     bucket: str | None = None  # set for an external server: use this bucket, under a fresh prefix per test
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -47,7 +47,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[S3Server]:
     """A moto S3 server in its own process on 127.0.0.1, stopped by PID at the end of the session."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -99,7 +99,7 @@ class Replicator:
                 subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
             )
         deadline = time.monotonic() + ready_timeout
-        while " INFO " not in self.output and self.proc.poll() is None:
+        while not any(said in self.output for said in (" INFO ", '"level": "info"')) and self.proc.poll() is None:
             assert time.monotonic() < deadline, f"replicator did not start:\n{self.output}"
             time.sleep(0.02)
         return self

@@ -199,4 +199,3 @@ def test_the_metered_client_counts_requests_bytes_and_errors_by_operation() -> N
     assert counts.requests == {"put": 2, "get": 3, "list": 1}
     assert counts.bytes == {"put": 8, "get": 5}
     assert counts.errors == {("get", "not_found"): 1}
-

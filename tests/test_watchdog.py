@@ -62,7 +62,6 @@ def test_a_second_stall_is_told_again() -> None:
     assert dog.observe(21.0, pending=True, progress=11.0) is Change.STALLED
 
 
-
 def test_the_default_limit_is_ten_sync_intervals_and_at_least_ten_seconds() -> None:
     assert Settings(sync_interval=1.0).stall_seconds == 10.0
     assert Settings(sync_interval=0.1).stall_seconds == 10.0

@@ -7,6 +7,7 @@ five times costs five requests, and its four failures show as errors of their cl
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -37,6 +38,8 @@ class RequestCounts:
     requests: dict[str, int] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)  # read by get, written by put and swap
     errors: dict[tuple[str, str], int] = field(default_factory=dict)  # by (operation, error class)
+    last_error: str | None = None  # the latest failure but "no such object" (often expected), retried or not
+    last_error_at: float | None = None  # its Unix time
 
 
 class _CountedStream:
@@ -59,13 +62,15 @@ class MeteredClient:
     def __init__(self, inner: ReplicaClient) -> None:
         self.inner = inner
         self.tally = Tally()
+        self.last_error: tuple[str, float] | None = None  # message, Unix time
 
     @property
     def url(self) -> str:
         return self.inner.url
 
     def counts(self) -> RequestCounts:
-        out = RequestCounts()
+        message, at = self.last_error or (None, None)
+        out = RequestCounts(last_error=message, last_error_at=at)
         for key, n in self.tally.counts().items():
             assert isinstance(key, tuple)
             if key[0] == "errors":
@@ -81,6 +86,8 @@ class MeteredClient:
             result = fn()
         except BaseException as exc:
             self.tally.add(("errors", operation, error_class(exc)))
+            if not isinstance(exc, ObjectNotFound):
+                self.last_error = (str(exc), time.time())
             raise
         if n := size(result):
             self.tally.add(("bytes", operation), n)

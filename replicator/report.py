@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ class ReplicaStatus:
     backlog_objects: int | None = None
     backlog_bytes: int | None = None
     last_upload: float | None = None  # Unix time of its last acknowledged upload (offline: its latest object)
-    last_error: str | None = None
+    last_error: str | None = None  # the latest failed request's (retried or not), or the uploader's
+    last_error_at: float | None = None  # its Unix time, where known
     restorable_from_us: int | None = None  # rule 3
     restorable_to_us: int | None = None
     stalled_since: float | None = None  # Unix time the current stall began (watchdog.py), None if not stalled
@@ -116,6 +118,18 @@ def chain_end(held: set[ObjectKey]) -> Position | None:
         return None
     proof = prove_chain(held, max(based), _NEWEST)
     return None if proof.end == NOTHING else proof.end
+
+
+def read(db: Path, clients: Callable[[], list[ReplicaClient]]) -> DatabaseStatus:
+    """Ask the replicator running for `db` (its control socket); if none runs, read it `offline` from the
+    replicas `clients()` opens."""
+    from . import control
+
+    try:
+        reply = control.request(StateDir(db.resolve()).control, {"op": "status"}, timeout=10)
+    except control.NotRunning:
+        return offline(db, clients())
+    return DatabaseStatus.from_json(reply)
 
 
 def offline(db: Path, clients: list[ReplicaClient], *, now: float | None = None) -> DatabaseStatus:
