@@ -70,6 +70,16 @@ def test_the_plain_example_replicates_and_waits(paths: tuple[Path, Path], tmp_pa
     assert emails(out) == ["ada@example.com"]
 
 
+def test_the_status_example_reads_a_stopped_replicator_offline(paths: tuple[Path, Path], tmp_path: Path) -> None:
+    db, replica = paths
+    plain = examples("## `replicator.Replicator`")[0].replace('"/data/app.db"', repr(str(db)))
+    run(plain.replace('"/backups/app"', repr(str(replica))), tmp_path)
+    code = examples("## `replicator.status`")[0].replace('"/data/app.db"', repr(str(db)))
+    url, txid, lag, window = run(code.replace('"/backups/app"', repr(str(replica))), tmp_path).split()
+    latest = replicator.status(db, str(replica)).replicas[0]
+    assert (url, int(txid), float(lag)) == (f"file://{replica}", latest.txid, 0.0) and float(window) >= 0
+
+
 def test_the_fastapi_example_answers_a_signup_once_it_is_on_the_replica(
     paths: tuple[Path, Path], tmp_path: Path
 ) -> None:
