@@ -4,6 +4,7 @@ stall watchdog, from a replicator run as users run it, checked against what the 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import urllib.error
@@ -177,3 +178,12 @@ def test_a_litestream_config_addr_is_the_metrics_address(tmp_path: Path, caplog:
     config.write_text('addr: ":9090"\ndbs:\n  - path: /data/app.db\n    replicas:\n      - url: s3://bucket/app\n')
     assert read_config(config).metrics_addr == ":9090"
     assert "not honoured" not in caplog.text
+
+
+def test_a_replicator_object_reports_its_childs_status(app_db: Path, file_replica: Replica) -> None:
+    with replicator.Replicator(app_db, file_replica.url, sync_interval="100ms", stall_after=30) as running:
+        write(app_db, 20)
+        position = running.wait(timeout=30)
+        report = running.status()
+    assert report.running and report.pid != os.getpid()
+    assert (report.replicas[0].generation, report.replicas[0].txid) == (position.generation, position.txid)
