@@ -330,8 +330,8 @@ def test_a_litestream_03_config_is_read_as_it_is(tmp_path: Path, caplog: pytest.
     options = db.options[db.replicas[0]]
     assert (options.access_key_id, options.secret_access_key) == ("AKIAEXAMPLE", "s3cr3t")
     assert db.settings.sync_interval == 10 and db.settings.retention == 72 * 3600
-    assert config.exec_command == "my-app --port 8080"
-    assert "addr (line 1)" in caplog.text and "dbs[0].monitor-interval (line 7)" in caplog.text
+    assert config.exec_command == "my-app --port 8080" and config.metrics_addr == ":9090"
+    assert "addr" not in caplog.text and "dbs[0].monitor-interval (line 7)" in caplog.text
     assert "s3cr3t" not in caplog.text and "s3cr3t" not in repr(options)
 
 

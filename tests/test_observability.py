@@ -18,7 +18,6 @@ from harness import Replicator, Writer, cli, inventory
 from prometheus_client.parser import text_string_to_metric_families
 
 import replicator
-from replicator.config import read_config
 from replicator.history import last_write, started
 from replicator.rebuild import plan_restore
 from replicator.report import DatabaseStatus, chain_end
@@ -171,13 +170,6 @@ def test_a_metrics_address_in_use_is_one_clear_error(app_db: Path, file_replica:
     assert done.returncode == 2
     said = f"error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
     assert done.stderr.strip().splitlines()[-1] == said
-
-
-def test_a_litestream_config_addr_is_the_metrics_address(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    config = tmp_path / "litestream.yml"
-    config.write_text('addr: ":9090"\ndbs:\n  - path: /data/app.db\n    replicas:\n      - url: s3://bucket/app\n')
-    assert read_config(config).metrics_addr == ":9090"
-    assert "not honoured" not in caplog.text
 
 
 def test_a_replicator_object_reports_its_childs_status(app_db: Path, file_replica: Replica) -> None:
