@@ -61,7 +61,7 @@ from .errors import ReplicatorError, StorageError, TransientStorageError
 from .history import format_time
 from .keys import ObjectKey, SegmentKey, SnapshotKey
 from .lineage import NOTHING, LocalFacts, NewGeneration, Reason, beyond, local_state_problem, prove_chain
-from .report import DatabaseStatus, ReplicaStatus, time_of, window
+from .report import DatabaseStatus, ReplicaStatus, replica_status
 from .segment import Writable
 from .snapshot import build_overlay, write_snapshot
 from .spool import Outbox, SpoolBudget
@@ -77,7 +77,7 @@ from .sqlite import (
     remove_stale_wal,
 )
 from .state import ShipperState, StateDir, digest
-from .storage import ReplicaClient, request_counts
+from .storage import ReplicaClient
 from .tally import Tally
 from .tracker import Action, Discontinuity, Tracker
 from .uploader import Uploader, inventory
@@ -163,7 +163,6 @@ class Replicator:
         self.last_error: str | None = None  # the latest problem of the capture side (report.py)
         self._watchdogs: list[Watchdog] = []  # one per uploader (watchdog.py)
         self._stalls = Tally()  # stalls begun, by replica URL
-        self._windows: dict[str, tuple[tuple[int, object], tuple[int | None, int | None]]] = {}  # status() cache
         self._locked = False
         self._waiting_said = False  # "waiting for ... to be created" was logged
         self._open_delay = 0.05  # backoff while the app holds its lock
@@ -224,9 +223,12 @@ class Replicator:
             wal_bytes: int | None = os.stat(self.wal_file.path).st_size
         except OSError:
             wal_bytes = None
-        uploaders, dogs = self.uploaders, self._watchdogs
+        uploaders, dogs, stalls = self.uploaders, self._watchdogs, self._stalls.counts()
         if uploaders and len(dogs) == len(uploaders):
-            replicas = [self._replica_status(u, dog) for u, dog in zip(uploaders, dogs, strict=True)]
+            replicas = [
+                replica_status(u, dog, self.outbox, stalls.get(u.client.url, 0))
+                for u, dog in zip(uploaders, dogs, strict=True)
+            ]
         else:
             replicas = [ReplicaStatus(c.url) for c in self.clients]
         return DatabaseStatus(
@@ -241,45 +243,6 @@ class Replicator:
             generations={str(k): n for k, n in self.generations.counts().items()},
             checkpoints={str(k): n for k, n in self.capture.checkpoints.counts().items()},
             replicas=replicas,
-        )
-
-    def _replica_status(self, u: Uploader, dog: Watchdog) -> ReplicaStatus:
-        now, position, held = time.time(), u.position, u.held
-        objects, size, first = self.outbox.waiting(position)
-        head = self.outbox.head
-        lag = None
-        if first is not None and position != NOTHING:
-            lag = max(0.0, now - time_of(first) / 1e6)
-        elif head is not None and position[:2] == head:
-            lag = 0.0
-        span: tuple[int | None, int | None] = (None, None)
-        if held is not None:
-            mark = (len(held), position)
-            cached = self._windows.get(u.client.url)
-            if cached is None or cached[0] != mark:
-                cached = (mark, window(set(held)))  # a copy: the uploader's thread adds to it meanwhile
-                self._windows[u.client.url] = cached
-            span = cached[1]
-        counts = request_counts(u.client)
-        stalled = dog.stalled_since
-        return ReplicaStatus(
-            u.client.url,
-            generation=None if position == NOTHING else position[0],
-            txid=None if position == NOTHING else position[1],
-            lag_seconds=lag,
-            backlog_objects=objects,
-            backlog_bytes=size,
-            last_upload=u.last_upload,
-            last_error=(counts.last_error if counts else None) or u.last_error,
-            last_error_at=counts.last_error_at if counts else None,
-            restorable_from_us=span[0],
-            restorable_to_us=span[1],
-            stalled_since=None if stalled is None else now - (time.monotonic() - stalled),
-            stalls=self._stalls.counts().get(u.client.url, 0),
-            refused=u.refused,
-            requests=counts.requests if counts else {},
-            bytes=counts.bytes if counts else {},
-            errors={f"{op}/{kind}": n for (op, kind), n in counts.errors.items()} if counts else {},
         )
 
     def _replicas(self) -> list[Replica]:

@@ -17,14 +17,19 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import StorageError
 from .history import by_generation, last_write, restorable_span, started
 from .keys import ObjectKey, SnapshotKey, chain_order, parse_listing
 from .lineage import NOTHING, Position, prove_chain
 from .state import StateDir
-from .storage import ReplicaClient
+from .storage import ReplicaClient, RequestCounts, request_counts
+
+if TYPE_CHECKING:
+    from .spool import Outbox
+    from .uploader import Uploader
+    from .watchdog import Watchdog
 
 _NEWEST = (1 << 63) - 1  # "up to whatever it holds": prove_chain's txid bound when no local head is at hand
 
@@ -106,9 +111,38 @@ def time_of(key: ObjectKey) -> int:
     return key.time_us if isinstance(key, SnapshotKey) else key.last_time_us
 
 
-def window(held: set[ObjectKey]) -> tuple[int | None, int | None]:
-    span = restorable_span(held) if held else None
-    return (None, None) if span is None else span
+def replica_status(uploader: Uploader, dog: Watchdog, outbox: Outbox, stalls: int) -> ReplicaStatus:
+    """A running replicator's view of one replica: its uploader, its watchdog, and what the spool holds for it."""
+    now, position = time.time(), uploader.position
+    objects, size, first = outbox.waiting(position)
+    head = outbox.head
+    lag = None
+    if first is not None and position != NOTHING:
+        lag = max(0.0, now - time_of(first) / 1e6)
+    elif head is not None and position[:2] == head:
+        lag = 0.0
+    start, to = uploader.restorable() or (None, None)
+    counts = request_counts(uploader.client) or RequestCounts()
+    stalled = dog.stalled_since
+    return ReplicaStatus(
+        uploader.client.url,
+        generation=None if position == NOTHING else position[0],
+        txid=None if position == NOTHING else position[1],
+        lag_seconds=lag,
+        backlog_objects=objects,
+        backlog_bytes=size,
+        last_upload=uploader.last_upload,
+        last_error=counts.last_error or uploader.last_error,
+        last_error_at=counts.last_error_at,
+        restorable_from_us=start,
+        restorable_to_us=to,
+        stalled_since=None if stalled is None else now - (time.monotonic() - stalled),
+        stalls=stalls,
+        refused=uploader.refused,
+        requests=counts.requests,
+        bytes=counts.bytes,
+        errors={f"{op}/{kind}": n for (op, kind), n in counts.errors.items()},
+    )
 
 
 def chain_end(held: set[ObjectKey]) -> Position | None:
@@ -164,7 +198,7 @@ def offline(db: Path, clients: list[ReplicaClient], *, now: float | None = None)
             lag = max(0.0, now - time_of(behind[0]) / 1e6)
         elif state is not None and end is not None and end[:2] == (state.generation, state.txid):
             lag = 0.0
-        start, to = window(held)
+        start, to = restorable_span(held) or (None, None)
         replicas.append(
             ReplicaStatus(
                 client.url,

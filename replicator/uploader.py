@@ -38,6 +38,7 @@ from collections.abc import Callable
 
 from . import keys, ownership
 from .errors import StorageError
+from .history import restorable_span
 from .keys import ObjectKey, SnapshotKey, chain_order
 from .lineage import NOTHING, ChainProof, Position, base_snapshot, continues, probe, prove_chain
 from .retention import next_change, plan_retention
@@ -107,11 +108,22 @@ class Uploader:
         self._last_probe = 0.0
         self._probe_from: Head = (-1, 0)  # (generation, txid) the next probe lists from: the last one's end
         self._deadline: float | None = None  # set when stopping: keep draining until then
+        self._window: tuple[tuple[int, Position], tuple[int, int] | None] | None = None  # restorable()'s cache
 
     def stop(self, deadline: float) -> None:
         """Drain, prove (rule 6) and be done by `deadline` (time.monotonic())."""
         self._deadline = deadline
         self.outbox.notify()
+
+    def restorable(self) -> tuple[int, int] | None:
+        """The restorable window of what the replica holds (report.py), worked out again only once that changed."""
+        held = self.held
+        if held is None:
+            return None
+        mark = (len(held), self.position)
+        if self._window is None or self._window[0] != mark:
+            self._window = (mark, restorable_span(set(held)))  # a copy: the upload thread may add meanwhile
+        return self._window[1]
 
     @property
     def behind(self) -> int:
