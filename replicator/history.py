@@ -50,9 +50,14 @@ def started(items: Iterable[ObjectKey]) -> int | None:
     return min((k.time_us for k in items if isinstance(k, SnapshotKey)), default=None)
 
 
+def time_of(key: ObjectKey) -> int:
+    """When an object's last change was captured, microseconds: a snapshot's time, a segment's last commit."""
+    return key.time_us if isinstance(key, SnapshotKey) else key.last_time_us
+
+
 def last_write(items: Iterable[ObjectKey]) -> int:
     """Rule 2."""
-    return max(k.time_us if isinstance(k, SnapshotKey) else k.last_time_us for k in items)
+    return max(time_of(k) for k in items)
 
 
 def restorable_span(objects: Iterable[ObjectKey]) -> tuple[int, int] | None:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import StorageError
-from .history import by_generation, last_write, restorable_span, started
-from .keys import ObjectKey, SnapshotKey, chain_order, parse_listing
+from .history import by_generation, last_write, restorable_span, started, time_of
+from .keys import ObjectKey, chain_order, parse_listing
 from .lineage import NOTHING, Position, prove_chain
 from .state import StateDir
 from .storage import ReplicaClient, RequestCounts, request_counts
@@ -104,11 +104,6 @@ def _hex(value: int | None) -> str | None:
 
 def _int(value: str | None) -> int | None:
     return None if value is None else int(value, 16)
-
-
-def time_of(key: ObjectKey) -> int:
-    """When an object's last change was captured, microseconds."""
-    return key.time_us if isinstance(key, SnapshotKey) else key.last_time_us
 
 
 def replica_status(uploader: Uploader, dog: Watchdog, outbox: Outbox, stalls: int) -> ReplicaStatus:

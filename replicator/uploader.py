@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 from . import keys, ownership
 from .errors import StorageError
-from .history import restorable_span
+from .history import restorable_span, time_of
 from .keys import ObjectKey, SnapshotKey, chain_order
 from .lineage import NOTHING, ChainProof, Position, base_snapshot, continues, probe, prove_chain
 from .retention import next_change, plan_retention
@@ -108,7 +108,7 @@ class Uploader:
         self._last_probe = 0.0
         self._probe_from: Head = (-1, 0)  # (generation, txid) the next probe lists from: the last one's end
         self._deadline: float | None = None  # set when stopping: keep draining until then
-        self._window: tuple[tuple[int, Position], tuple[int, int] | None] | None = None  # restorable()'s cache
+        self._window: tuple[int, tuple[int, int] | None] | None = None  # restorable()'s: (id(held), window)
 
     def stop(self, deadline: float) -> None:
         """Drain, prove (rule 6) and be done by `deadline` (time.monotonic())."""
@@ -116,14 +116,24 @@ class Uploader:
         self.outbox.notify()
 
     def restorable(self) -> tuple[int, int] | None:
-        """The restorable window of what the replica holds (report.py), worked out again only once that changed."""
+        """The restorable window of what the replica holds (report.py): worked out from the whole listing only
+        after it was read anew or something was deleted; our own uploads extend it (`_extend_window`)."""
         held = self.held
         if held is None:
             return None
-        mark = (len(held), self.position)
-        if self._window is None or self._window[0] != mark:
-            self._window = (mark, restorable_span(set(held)))  # a copy: the upload thread may add meanwhile
+        if self._window is None or self._window[0] != id(held):
+            self._window = (id(held), restorable_span(set(held)))  # a copy: the upload thread may add meanwhile
         return self._window[1]
+
+    def _extend_window(self, key: ObjectKey) -> None:
+        cached = self._window
+        if cached is None or cached[1] is None:
+            self._window = None  # a first snapshot: worked out whole at the next look
+            return
+        start, end = cached[1]
+        if isinstance(key, SnapshotKey):
+            start = min(start, key.time_us)
+        self._window = (cached[0], (start, max(end, time_of(key))))
 
     @property
     def behind(self) -> int:
@@ -248,6 +258,7 @@ class Uploader:
         self.last_upload, self.last_progress = self.clock(), time.monotonic()
         assert self.held is not None
         self.held.add(key)
+        self._extend_window(key)
         if isinstance(key, keys.SegmentKey) and key.level > 0:
             self.outbox.collect()
             return  # not a link of the chain: the position stays
@@ -335,6 +346,7 @@ class Uploader:
                 batch = list(run)
                 self.client.delete(k.key for k in batch)
                 self.held.difference_update(batch)
+                self._window = None
         except StorageError as exc:
             log.error("retention on %s failed: %s; will retry", self.client.url, exc)
             return
