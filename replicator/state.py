@@ -81,7 +81,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # none, or unreadable (the state path is a file, say): as good as none
         return None
     return data if isinstance(data, dict) else None
 
