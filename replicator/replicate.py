@@ -414,7 +414,7 @@ class Replicator:
         due: list[float] = []
         for u, dog in zip(self.uploaders, self._watchdogs, strict=True):
             change = dog.observe(now, pending=head is not None and u.position[:2] < head, progress=u.last_progress)
-            event = {"database": str(self.db_path), "replica": u.client.url}
+            event = {"database": str(self.db_path), "replica": u.client.url} if change is not None else {}
             if change is Change.STALLED:
                 self._stalls.add(u.client.url)
                 assert head is not None and dog.stalled_since is not None

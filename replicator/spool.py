@@ -202,10 +202,6 @@ class Outbox:
             found = (self._keys[o] for o in self._orders[start:] if o[2] == 1)
             return next((k for k in found if isinstance(k, SnapshotKey)), None)
 
-    def backlog(self, position: Position) -> int:
-        with self._lock:
-            return len(self._orders) - bisect.bisect_right(self._orders, position)
-
     def waiting(self, position: Position) -> tuple[int, int, ObjectKey | None]:
         """What a replica at `position` has yet to take: objects, bytes, and the first of them."""
         with self._lock:

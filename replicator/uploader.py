@@ -137,7 +137,7 @@ class Uploader:
 
     @property
     def behind(self) -> int:
-        return self.outbox.backlog(self.position)
+        return self.outbox.waiting(self.position)[0]
 
     def _expired(self) -> bool:
         return self._deadline is not None and time.monotonic() > self._deadline
