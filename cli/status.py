@@ -14,6 +14,7 @@ import click
 from .common import human_bytes
 
 if TYPE_CHECKING:
+    from replicator.config import DirectoryConfig
     from replicator.report import DatabaseStatus, ReplicaStatus
     from replicator.storage import ReplicaClient
 
@@ -21,7 +22,7 @@ Target = tuple[Path, Callable[[], "list[ReplicaClient]"]]
 
 
 @click.command()
-@click.argument("db_path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("db_path", required=False)
 @click.argument("replica_urls", nargs=-1)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="YAML config.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), help="Every database in DIR.")
@@ -29,7 +30,7 @@ Target = tuple[Path, Callable[[], "list[ReplicaClient]"]]
 @click.option("--recursive", is_flag=True, help="With --dir: look in subdirectories too.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per database, in a list.")
 def status(
-    db_path: Path | None,
+    db_path: str | None,
     replica_urls: tuple[str, ...],
     *,
     config_path: Path | None,
@@ -55,10 +56,11 @@ def status(
     from replicator.storage import apply_litestream_credentials
 
     apply_litestream_credentials()
-    if directory is not None:
-        targets = _in_directory(directory, replica_urls, pattern, recursive)
+    if directory is not None:  # with --dir, every argument is a replica URL (as for replicate)
+        urls = tuple(u for u in (db_path, *replica_urls) if u is not None)
+        targets = _in_directory(directory, urls, pattern, recursive)
     else:
-        targets = _targets(db_path, replica_urls, config_path)
+        targets = _targets(None if db_path is None else Path(db_path), replica_urls, config_path)
     reports = [read(path, clients) for path, clients in targets]
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports], indent=2))
@@ -72,7 +74,6 @@ def status(
 def _targets(db_path: Path | None, urls: tuple[str, ...], config_path: Path | None) -> list[Target]:
     """The databases named, or those of -c, REPLICATOR_DB/REPLICATOR_URL, REPLICATOR_CONFIG, /etc/replicator.yml."""
     from replicator.config import read_config, resolve
-    from replicator.directory import scan
     from replicator.storage import open_client
 
     if db_path is not None and config_path is None:
@@ -80,15 +81,20 @@ def _targets(db_path: Path | None, urls: tuple[str, ...], config_path: Path | No
     config = read_config(config_path) if config_path is not None else resolve(None, (), None, {})
     targets: list[Target] = [(d.path, d.clients) for d in config.databases]
     for found in config.directories:
-        targets += [(p, found.database(p).clients) for p in scan(found)]
+        targets += _found(found)
     return targets
 
 
 def _in_directory(directory: Path, urls: tuple[str, ...], pattern: str, recursive: bool) -> list[Target]:
     from replicator.config import DirectoryConfig, Settings
+
+    return _found(DirectoryConfig(directory, list(urls), Settings(), pattern, recursive))
+
+
+def _found(config: DirectoryConfig) -> list[Target]:
+    """Every database in a directory now, each with its replicas' URLs under the directory's."""
     from replicator.directory import scan
 
-    config = DirectoryConfig(directory, list(urls), Settings(), pattern, recursive)
     return [(p, config.database(p).clients) for p in scan(config)]
 
 

@@ -179,3 +179,16 @@ def test_a_replicator_object_reports_its_childs_status(app_db: Path, file_replic
         report = running.status()
     assert report.running and report.pid != os.getpid()
     assert (report.replicas[0].generation, report.replicas[0].txid) == (position.generation, position.txid)
+
+
+def test_status_of_a_directory_reads_each_database_at_its_replica_url(tmp_path: Path) -> None:
+    tenants = tmp_path / "tenants"
+    tenants.mkdir()
+    for name in ("a.db", "b.db"):
+        Writer(tenants / name, tmp_path / f"{name}.log").start(count=1).wait()
+    done = cli("status", "--dir", str(tenants), str(tmp_path / "replicas"), "--json")
+    assert done.returncode == 0, done.stderr
+    reports = [DatabaseStatus.from_json(r) for r in json.loads(done.stdout)]
+    assert [(Path(r.database).name, [s.url for s in r.replicas]) for r in reports] == [
+        (name, [f"file://{tmp_path / 'replicas' / name}"]) for name in ("a.db", "b.db")
+    ]
